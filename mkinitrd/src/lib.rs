@@ -1,1 +1,320 @@
+//! mkinitrd: packs the static init, its configuration ([`initrd_config::InitrdConfig`]) and
+//! the kernel modules it must load into a reproducible newc initramfs.
+//!
+//! The layout is fixed by `docs/contracts-internal.md`; everything that can be decided at
+//! build time (module load order, the default next init) is decided here, so the init only
+//! executes a list.
 
+pub mod closure;
+pub mod compress;
+pub mod cpio;
+pub mod elf;
+pub mod inspect;
+pub mod kmod;
+pub mod output;
+#[doc(hidden)]
+pub mod testutil;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use initrd_config::{InitrdConfig, ModuleSpec, CONFIG_PATH};
+
+pub use closure::{BootspecV1, Closure, ClosureError};
+pub use compress::Compression;
+pub use elf::ElfError;
+pub use kmod::KmodError;
+
+/// The triple the guest binaries are built for (`cargo static`).
+pub const GUEST_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// What to build.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// A NixOS system toplevel, or any directory with an executable `init`.
+    pub closure: PathBuf,
+    /// The initramfs file to write (atomically).
+    pub output: PathBuf,
+    /// One kernel's `lib/modules/<version>` directory.
+    pub kernel_modules: Option<PathBuf>,
+    /// Module names or aliases; empty means [`kmod::DEFAULT_MODULES`] when
+    /// `kernel_modules` is given.
+    pub modules: Vec<String>,
+    /// The static init to pack as `/init`; None means [`default_init_binary`].
+    pub init: Option<PathBuf>,
+    pub compression: Compression,
+}
+
+/// What was built.
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    pub output: PathBuf,
+    /// Bytes written.
+    pub size: u64,
+    /// Module names in load order.
+    pub modules: Vec<String>,
+    pub kernel_version: Option<String>,
+    /// The next init recorded in the configuration.
+    pub default_init: String,
+    /// The command line a user needs to boot the closure with this initrd.
+    pub kernel_cmdline: String,
+    /// The static init packed as `/init`.
+    pub init_binary: PathBuf,
+    /// Remarks for the user (built-in modules skipped, aliases resolved, ...).
+    pub notes: Vec<String>,
+    pub elapsed: Duration,
+}
+
+/// An initramfs built in memory.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// The (possibly compressed) initramfs.
+    pub bytes: Vec<u8>,
+    /// The configuration written to [`CONFIG_PATH`].
+    pub config: InitrdConfig,
+    pub closure: Closure,
+    pub init_binary: PathBuf,
+    pub notes: Vec<String>,
+}
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Closure(#[from] ClosureError),
+    #[error("no static init found to pack as /init (build it with `cargo static` or pass --init); tried: {}", tried.join("; "))]
+    NoDefaultInit { tried: Vec<String> },
+    #[error("cannot read init {path}: {source}")]
+    InitUnreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("init {path} is not a static executable ({source})")]
+    InitNotStatic { path: PathBuf, source: ElfError },
+    #[error("--module needs --kernel-modules (which kernel's modules?)")]
+    ModulesWithoutDir,
+    #[error(transparent)]
+    Kmod(#[from] KmodError),
+    #[error("cannot lay out the initramfs: {0}")]
+    Cpio(#[from] cpio::CpioError),
+    #[error(transparent)]
+    Compress(#[from] compress::CompressError),
+    #[error("SOURCE_DATE_EPOCH={value:?} is not a number of seconds between 0 and 4294967295")]
+    SourceDateEpoch { value: String },
+    #[error("cannot write {path}: {source}")]
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The mtime of every entry: `SOURCE_DATE_EPOCH` when set (reproducible-builds.org), else 0.
+pub fn source_date_epoch() -> Result<u32, Error> {
+    match std::env::var_os("SOURCE_DATE_EPOCH") {
+        None => Ok(0),
+        Some(v) => {
+            let text = v.to_string_lossy();
+            // Digits only: u32's parser would also take a `+` sign.
+            text.bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| text.parse::<u32>().ok())
+                .flatten()
+                .ok_or_else(|| Error::SourceDateEpoch {
+                    value: text.into_owned(),
+                })
+        }
+    }
+}
+
+/// Builds the initramfs and writes it atomically to `opts.output`.
+pub fn build(opts: &BuildOptions) -> Result<BuildReport, Error> {
+    let start = Instant::now();
+    let mtime = source_date_epoch()?;
+    let image = build_image(opts, mtime)?;
+    output::write_atomically(&opts.output, |f| f.write_all(&image.bytes)).map_err(|source| {
+        Error::Output {
+            path: opts.output.clone(),
+            source,
+        }
+    })?;
+    Ok(BuildReport {
+        output: opts.output.clone(),
+        size: image.bytes.len() as u64,
+        modules: image
+            .config
+            .modules
+            .iter()
+            .map(|m| m.name.clone())
+            .collect(),
+        kernel_version: image.config.kernel_version.clone(),
+        default_init: image.closure.default_init.clone(),
+        kernel_cmdline: image.closure.kernel_cmdline(),
+        init_binary: image.init_binary,
+        notes: image.notes,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Builds the initramfs in memory with every mtime set to `mtime`; writes nothing.
+pub fn build_image(opts: &BuildOptions, mtime: u32) -> Result<Image, Error> {
+    let closure = Closure::open(&opts.closure)?;
+    if opts.kernel_modules.is_none() && !opts.modules.is_empty() {
+        return Err(Error::ModulesWithoutDir);
+    }
+    let init_binary = match &opts.init {
+        Some(p) => p.clone(),
+        None => default_init_binary()?,
+    };
+    let init_bytes = read_static(&init_binary)?;
+
+    let mut config = InitrdConfig::new();
+    config.default_init = Some(closure.default_init.clone());
+    let mut notes = Vec::new();
+    let mut modules = Vec::new();
+    if let Some(dir) = &opts.kernel_modules {
+        let dir = kmod::ModulesDir::open(dir)?;
+        let requested: Vec<String> = if opts.modules.is_empty() {
+            kmod::DEFAULT_MODULES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect()
+        } else {
+            opts.modules.clone()
+        };
+        let resolution = dir.resolve(&requested)?;
+        notes.extend(resolution.notes);
+        config.kernel_version = Some(resolution.kernel_version.clone());
+        for m in resolution.modules {
+            let path = format!("/lib/modules/{}/{}", resolution.kernel_version, m.rel_path);
+            config.modules.push(ModuleSpec {
+                name: m.name,
+                path: path.clone(),
+                params: String::new(),
+            });
+            modules.push((path, m.data));
+        }
+    }
+
+    let mut archive = cpio::ArchiveBuilder::new();
+    for dir in [
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "sysroot",
+        "etc",
+        "etc/nixboot",
+        "lib",
+        "lib/modules",
+    ] {
+        archive.dir(dir, 0o755)?;
+    }
+    // The kernel opens /dev/console for /init's stdio before anything is mounted.
+    archive.char_dev("dev/console", 0o600, 5, 1)?;
+    archive.file("init", 0o755, init_bytes)?;
+    archive.file(CONFIG_PATH, 0o644, config.to_bytes())?;
+    for (path, data) in modules {
+        archive.file(&path, 0o644, data)?;
+    }
+    let bytes = compress::compress(opts.compression, &archive.write(mtime))?;
+    Ok(Image {
+        bytes,
+        config,
+        closure,
+        init_binary,
+        notes,
+    })
+}
+
+/// Reads a file and checks it is a static executable.
+fn read_static(path: &Path) -> Result<Vec<u8>, Error> {
+    let bytes = std::fs::read(path).map_err(|source| Error::InitUnreadable {
+        path: path.to_owned(),
+        source,
+    })?;
+    elf::check_static(&bytes).map_err(|source| Error::InitNotStatic {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(bytes)
+}
+
+/// Where [`default_init_binary`] looks, in order.
+pub fn default_init_candidates() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
+        // (a) Installed side by side (a package's bin/ holding both).
+        out.push(dir.join("init"));
+        // (b) Cargo's layout: <target>/<profile>/mkinitrd or <target>/<profile>/deps/<test>.
+        let profile_dir = if dir.file_name().is_some_and(|n| n == "deps") {
+            dir.parent().map(Path::to_path_buf)
+        } else {
+            Some(dir.clone())
+        };
+        if let Some(target) = profile_dir.as_deref().and_then(Path::parent) {
+            out.push(target.join(GUEST_TARGET).join("release").join("init"));
+        }
+    }
+    // (c) Set by packagers when building mkinitrd.
+    if let Some(p) = option_env!("NIXBOOT_DEFAULT_INIT") {
+        out.push(PathBuf::from(p));
+    }
+    out
+}
+
+/// The init built alongside mkinitrd: the first of [`default_init_candidates`] that is a
+/// static executable. A dynamic one is skipped (a host `cargo build` puts a dynamic
+/// `init` next to `mkinitrd`) and reported if nothing fits.
+pub fn default_init_binary() -> Result<PathBuf, Error> {
+    let mut tried = Vec::new();
+    for candidate in default_init_candidates() {
+        match read_static(&candidate) {
+            Ok(_) => return Ok(candidate),
+            Err(Error::InitUnreadable { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                tried.push(format!("{} (missing)", candidate.display()));
+            }
+            Err(e) => tried.push(e.to_string()),
+        }
+    }
+    if option_env!("NIXBOOT_DEFAULT_INIT").is_none() {
+        tried.push("NIXBOOT_DEFAULT_INIT (not set when mkinitrd was compiled)".to_owned());
+    }
+    Err(Error::NoDefaultInit { tried })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_follow_cargo_layout() {
+        let c = default_init_candidates();
+        let exe = std::env::current_exe().unwrap();
+        // Test binaries live in <target>/<profile>/deps.
+        assert_eq!(c[0], exe.parent().unwrap().join("init"));
+        let target = exe.parent().unwrap().parent().unwrap().parent().unwrap();
+        assert_eq!(c[1], target.join("x86_64-unknown-linux-musl/release/init"));
+    }
+
+    #[test]
+    fn default_init_error_lists_places() {
+        match default_init_binary() {
+            Ok(p) => {
+                // Whatever was found must be static.
+                elf::check_static(&std::fs::read(&p).unwrap()).unwrap();
+            }
+            Err(e) => {
+                let text = e.to_string();
+                for c in default_init_candidates() {
+                    assert!(text.contains(&c.display().to_string()), "{text}");
+                }
+            }
+        }
+    }
+}

@@ -49,7 +49,9 @@ pub enum ConfigError {
     Malformed(#[from] serde_json::Error),
     #[error("initrd configuration has format version {found}, this init reads version {expected}: rebuild the initrd with the matching mkinitrd")]
     Version { found: u32, expected: u32 },
-    #[error("initrd configuration lists module {name:?} with a path that is not absolute: {path:?}")]
+    #[error(
+        "initrd configuration lists module {name:?} with a path that is not absolute: {path:?}"
+    )]
     RelativeModulePath { name: String, path: String },
 }
 
@@ -137,7 +139,16 @@ mod tests {
     #[test]
     fn wrong_version_is_refused() {
         let e = InitrdConfig::parse(br#"{"version":2}"#).unwrap_err();
-        assert!(matches!(e, ConfigError::Version { found: 2, expected: 1 }), "{e}");
+        assert!(
+            matches!(
+                e,
+                ConfigError::Version {
+                    found: 2,
+                    expected: 1
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,0 +1,688 @@
+//! newc (`070701`) archives: a writer that pins every header field, and a reader for
+//! buffers made of several (plain or compressed) archives back to back.
+//!
+//! Hand-written rather than the `cpio` crate: the kernel's unpacker gives meaning to inode
+//! numbers together with nlink (hard links), to device numbers, to mtimes and to the order
+//! of entries (parents first, later duplicates win), and reproducible output needs every
+//! one of those fields under our control. The format is a 110-byte ASCII header; owning it
+//! costs less than working around a library's defaults.
+
+use std::collections::BTreeMap;
+
+use crate::compress::{self, Compression, Format};
+
+/// Magic of the newc format without checksums (the one we write).
+pub const MAGIC_NEWC: &[u8; 6] = b"070701";
+/// Magic of the newc format with checksums (read, checksum not verified).
+pub const MAGIC_CRC: &[u8; 6] = b"070702";
+/// Name of the entry that ends an archive.
+pub const TRAILER: &str = "TRAILER!!!";
+/// Size of a newc header: the magic and 13 fields of 8 hex digits.
+pub const HEADER_LEN: usize = 110;
+/// The kernel refuses longer names (PATH_MAX including the NUL).
+const MAX_NAME: usize = 4095;
+
+pub const S_IFMT: u32 = 0o170_000;
+pub const S_IFDIR: u32 = 0o040_000;
+pub const S_IFREG: u32 = 0o100_000;
+pub const S_IFLNK: u32 = 0o120_000;
+pub const S_IFCHR: u32 = 0o020_000;
+pub const S_IFBLK: u32 = 0o060_000;
+pub const S_IFIFO: u32 = 0o010_000;
+pub const S_IFSOCK: u32 = 0o140_000;
+
+/// Why an archive could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum CpioError {
+    #[error("invalid archive path {path:?}: {reason}")]
+    InvalidPath { path: String, reason: &'static str },
+    #[error("archive path {path:?} added twice")]
+    Duplicate { path: String },
+    #[error("archive path {path:?} is needed as a directory but was added as something else")]
+    NotADirectory { path: String },
+    #[error("archive entry {path:?} is {size} bytes; newc stores at most 4 GiB per file")]
+    TooLarge { path: String, size: usize },
+    #[error("archive truncated at offset {offset}: {what}")]
+    Truncated { offset: usize, what: &'static str },
+    #[error("bad newc magic at offset {offset} (expected 070701)")]
+    BadMagic { offset: usize },
+    #[error("bad hexadecimal header field `{field}` at offset {offset}")]
+    BadField { offset: usize, field: &'static str },
+    #[error("plain archive at offset {offset} does not start 4-byte aligned")]
+    Misaligned { offset: usize },
+    #[error("segment at offset {offset} is {format}-compressed; this mkinitrd reads only plain and zstd segments")]
+    UnsupportedCompression { offset: usize, format: &'static str },
+    #[error("cannot decompress the {format} segment at offset {offset}: {source}")]
+    Decompress {
+        offset: usize,
+        format: &'static str,
+        source: std::io::Error,
+    },
+    #[error("archive segment at offset {offset} does not end with {TRAILER}")]
+    Unterminated { offset: usize },
+}
+
+/// What a path in the archive is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    Dir { perm: u32 },
+    File { perm: u32, data: Vec<u8> },
+    CharDev { perm: u32, major: u32, minor: u32 },
+    Symlink { target: String },
+}
+
+impl Node {
+    fn is_dir(&self) -> bool {
+        matches!(self, Node::Dir { .. })
+    }
+}
+
+/// Collects paths, then writes them as one newc archive in a deterministic order.
+///
+/// Paths are stored without the leading `/` (as the kernel's own `gen_init_cpio` writes
+/// them). Missing parent directories are added as mode 0755 directories, because the
+/// kernel silently drops an entry whose directory does not exist yet.
+#[derive(Debug, Default, Clone)]
+pub struct ArchiveBuilder {
+    // Sorted by bytes: a parent is a proper prefix of its children, so it sorts first.
+    nodes: BTreeMap<String, Node>,
+}
+
+impl ArchiveBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a directory (and its parents). Adding an existing directory again is allowed
+    /// and sets its permissions.
+    pub fn dir(&mut self, path: &str, perm: u32) -> Result<(), CpioError> {
+        self.add(path, Node::Dir { perm })
+    }
+
+    /// Adds a regular file (and its parents).
+    pub fn file(&mut self, path: &str, perm: u32, data: Vec<u8>) -> Result<(), CpioError> {
+        self.add(path, Node::File { perm, data })
+    }
+
+    /// Adds a character device node (and its parents).
+    pub fn char_dev(
+        &mut self,
+        path: &str,
+        perm: u32,
+        major: u32,
+        minor: u32,
+    ) -> Result<(), CpioError> {
+        self.add(path, Node::CharDev { perm, major, minor })
+    }
+
+    /// Adds a symbolic link (and its parents).
+    pub fn symlink(&mut self, path: &str, target: &str) -> Result<(), CpioError> {
+        self.add(
+            path,
+            Node::Symlink {
+                target: target.to_owned(),
+            },
+        )
+    }
+
+    /// Adds any node; see the typed helpers.
+    pub fn add(&mut self, path: &str, node: Node) -> Result<(), CpioError> {
+        let name = normalize(path)?;
+        let size = match &node {
+            Node::File { data, .. } => data.len(),
+            Node::Symlink { target } => target.len(),
+            _ => 0,
+        };
+        if u32::try_from(size).is_err() {
+            return Err(CpioError::TooLarge { path: name, size });
+        }
+        // Parents first, so that a file where a directory is needed is caught here.
+        let mut end = 0;
+        while let Some(pos) = name[end..].find('/') {
+            let parent = &name[..end + pos];
+            match self.nodes.get(parent) {
+                Some(n) if n.is_dir() => {}
+                Some(_) => {
+                    return Err(CpioError::NotADirectory {
+                        path: parent.to_owned(),
+                    })
+                }
+                None => {
+                    self.nodes
+                        .insert(parent.to_owned(), Node::Dir { perm: 0o755 });
+                }
+            }
+            end += pos + 1;
+        }
+        match self.nodes.get_mut(&name) {
+            Some(existing) if existing.is_dir() && node.is_dir() => *existing = node,
+            Some(existing) if existing.is_dir() => {
+                return Err(CpioError::NotADirectory { path: name })
+            }
+            Some(_) => return Err(CpioError::Duplicate { path: name }),
+            None => {
+                self.nodes.insert(name, node);
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of entries (without the trailer).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Writes the archive: entries in byte order of their names, inode numbers 1, 2, ...
+    /// in that order, uid/gid 0, nlink 1 (2 for directories), every mtime `mtime`,
+    /// device numbers 0, then the trailer. The result is a multiple of 4 bytes long.
+    pub fn write(&self, mtime: u32) -> Vec<u8> {
+        let payload: usize = self
+            .nodes
+            .iter()
+            .map(|(n, node)| {
+                let size = match node {
+                    Node::File { data, .. } => data.len(),
+                    Node::Symlink { target } => target.len(),
+                    _ => 0,
+                };
+                HEADER_LEN + n.len() + 8 + size + 4
+            })
+            .sum();
+        let mut out = Vec::with_capacity(payload + HEADER_LEN + TRAILER.len() + 8);
+        for (ino, (name, node)) in (1u32..).zip(&self.nodes) {
+            let (mode, nlink, rdev, data): (u32, u32, (u32, u32), &[u8]) = match node {
+                Node::Dir { perm } => (S_IFDIR | (perm & 0o7777), 2, (0, 0), &[]),
+                Node::File { perm, data } => (S_IFREG | (perm & 0o7777), 1, (0, 0), data),
+                Node::CharDev { perm, major, minor } => {
+                    (S_IFCHR | (perm & 0o7777), 1, (*major, *minor), &[])
+                }
+                Node::Symlink { target } => (S_IFLNK | 0o777, 1, (0, 0), target.as_bytes()),
+            };
+            let header = Header {
+                ino,
+                mode,
+                uid: 0,
+                gid: 0,
+                nlink,
+                mtime,
+                // Checked in `add`.
+                filesize: data.len() as u32,
+                dev: (0, 0),
+                rdev,
+            };
+            write_entry(&mut out, &header, name, data);
+        }
+        let trailer = Header {
+            ino: 0,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            nlink: 1,
+            mtime: 0,
+            filesize: 0,
+            dev: (0, 0),
+            rdev: (0, 0),
+        };
+        write_entry(&mut out, &trailer, TRAILER, &[]);
+        out
+    }
+}
+
+/// Strips leading `/`, refuses what the kernel would mangle or what could escape the root.
+fn normalize(path: &str) -> Result<String, CpioError> {
+    let bad = |reason| CpioError::InvalidPath {
+        path: path.to_owned(),
+        reason,
+    };
+    let name = path.trim_start_matches('/');
+    if name.is_empty() {
+        return Err(bad("empty (the root is implicit)"));
+    }
+    if name.len() > MAX_NAME {
+        return Err(bad("longer than PATH_MAX"));
+    }
+    if name.contains('\0') {
+        return Err(bad("contains NUL"));
+    }
+    if name == TRAILER {
+        return Err(bad("is the trailer name"));
+    }
+    for component in name.split('/') {
+        match component {
+            "" => return Err(bad("empty component or trailing `/`")),
+            "." | ".." => return Err(bad("`.` or `..` component")),
+            _ => {}
+        }
+    }
+    Ok(name.to_owned())
+}
+
+struct Header {
+    ino: u32,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    nlink: u32,
+    mtime: u32,
+    filesize: u32,
+    dev: (u32, u32),
+    rdev: (u32, u32),
+}
+
+fn pad4(out: &mut Vec<u8>) {
+    // `& 3` rather than `is_multiple_of`, which is newer than the workspace's rust-version.
+    while out.len() & 3 != 0 {
+        out.push(0);
+    }
+}
+
+fn write_entry(out: &mut Vec<u8>, h: &Header, name: &str, data: &[u8]) {
+    // Alignment is relative to the archive start; callers start each archive at offset 0.
+    let namesize = name.len() as u32 + 1;
+    let fields = [
+        h.ino, h.mode, h.uid, h.gid, h.nlink, h.mtime, h.filesize, h.dev.0, h.dev.1, h.rdev.0,
+        h.rdev.1, namesize, 0,
+    ];
+    out.extend_from_slice(MAGIC_NEWC);
+    for f in fields {
+        // Uppercase like the kernel's gen_init_cpio; readers accept either case.
+        out.extend_from_slice(format!("{f:08X}").as_bytes());
+    }
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    pad4(out);
+    out.extend_from_slice(data);
+    pad4(out);
+}
+
+/// One entry read back from an archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The name exactly as stored (usually without a leading `/`).
+    pub name: String,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub mtime: u32,
+    pub ino: u32,
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    pub rdev_major: u32,
+    pub rdev_minor: u32,
+    /// File contents, or the target of a symlink.
+    pub data: Vec<u8>,
+}
+
+impl Entry {
+    pub fn file_type(&self) -> u32 {
+        self.mode & S_IFMT
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.file_type() == S_IFDIR
+    }
+
+    /// The name as an absolute path inside the initramfs (`dev/console` -> `/dev/console`).
+    pub fn path(&self) -> String {
+        let trimmed = self.name.trim_start_matches("./").trim_start_matches('/');
+        if trimmed.is_empty() || trimmed == "." {
+            "/".to_owned()
+        } else {
+            format!("/{trimmed}")
+        }
+    }
+}
+
+/// One archive inside a buffer.
+#[derive(Debug, Clone)]
+pub struct Segment {
+    /// Where the archive (or the compressed stream holding it) starts in the buffer.
+    pub offset: usize,
+    /// How the stream holding the archive is compressed.
+    pub compression: Compression,
+    /// Bytes the stream takes in the buffer (compressed size for compressed streams; for
+    /// several archives inside one compressed stream, each reports the stream's size).
+    pub stored_len: usize,
+    /// Entries in order, without the trailer.
+    pub entries: Vec<Entry>,
+    /// Whether the archive ended with a `TRAILER!!!` entry.
+    pub terminated: bool,
+}
+
+/// Reads every archive of a buffer as the kernel would: plain or compressed streams back
+/// to back, with NUL padding between them. An archive missing its trailer is reported
+/// (`terminated == false`), not refused; a truncated entry is an error.
+pub fn read_segments(bytes: &[u8]) -> Result<Vec<Segment>, CpioError> {
+    let mut segments = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        if bytes[pos] == 0 {
+            pos += 1;
+            continue;
+        }
+        match compress::sniff(&bytes[pos..]) {
+            Some(Format::Cpio) => {
+                if pos % 4 != 0 {
+                    return Err(CpioError::Misaligned { offset: pos });
+                }
+                let (entries, terminated, len) = parse_archive(&bytes[pos..], pos)?;
+                segments.push(Segment {
+                    offset: pos,
+                    compression: Compression::None,
+                    stored_len: len,
+                    entries,
+                    terminated,
+                });
+                pos += len;
+            }
+            Some(Format::Zstd) => {
+                let (plain, consumed) =
+                    compress::decompress_zstd_frame(&bytes[pos..]).map_err(|source| {
+                        CpioError::Decompress {
+                            offset: pos,
+                            format: "zstd",
+                            source,
+                        }
+                    })?;
+                let mut inner = 0;
+                let mut any = false;
+                while inner < plain.len() {
+                    if plain[inner] == 0 {
+                        inner += 1;
+                        continue;
+                    }
+                    if inner % 4 != 0 {
+                        return Err(CpioError::Misaligned { offset: pos });
+                    }
+                    let (entries, terminated, len) = parse_archive(&plain[inner..], pos)?;
+                    segments.push(Segment {
+                        offset: pos,
+                        compression: Compression::Zstd,
+                        stored_len: consumed,
+                        entries,
+                        terminated,
+                    });
+                    any = true;
+                    inner += len;
+                }
+                if !any {
+                    // An empty stream still is a segment without a trailer.
+                    segments.push(Segment {
+                        offset: pos,
+                        compression: Compression::Zstd,
+                        stored_len: consumed,
+                        entries: Vec::new(),
+                        terminated: false,
+                    });
+                }
+                pos += consumed;
+            }
+            Some(other) => {
+                return Err(CpioError::UnsupportedCompression {
+                    offset: pos,
+                    format: other.name(),
+                })
+            }
+            None => return Err(CpioError::BadMagic { offset: pos }),
+        }
+    }
+    Ok(segments)
+}
+
+/// All entries of all segments in order; every segment must end with a trailer.
+pub fn read_archive(bytes: &[u8]) -> Result<Vec<Entry>, CpioError> {
+    let mut entries = Vec::new();
+    for segment in read_segments(bytes)? {
+        if !segment.terminated {
+            return Err(CpioError::Unterminated {
+                offset: segment.offset,
+            });
+        }
+        entries.extend(segment.entries);
+    }
+    Ok(entries)
+}
+
+/// Parses one archive at the start of `buf`. Returns the entries, whether a trailer was
+/// found, and the bytes used (trailer and its padding included). `base` only labels errors.
+fn parse_archive(buf: &[u8], base: usize) -> Result<(Vec<Entry>, bool, usize), CpioError> {
+    let mut entries = Vec::new();
+    let mut pos = 0;
+    while pos < buf.len() {
+        let at = base + pos;
+        let header = buf.get(pos..pos + HEADER_LEN).ok_or(CpioError::Truncated {
+            offset: at,
+            what: "header",
+        })?;
+        if &header[..6] != MAGIC_NEWC && &header[..6] != MAGIC_CRC {
+            return Err(CpioError::BadMagic { offset: at });
+        }
+        const NAMES: [&str; 13] = [
+            "ino",
+            "mode",
+            "uid",
+            "gid",
+            "nlink",
+            "mtime",
+            "filesize",
+            "devmajor",
+            "devminor",
+            "rdevmajor",
+            "rdevminor",
+            "namesize",
+            "check",
+        ];
+        let mut f = [0u32; 13];
+        for (i, slot) in f.iter_mut().enumerate() {
+            let text = &header[6 + 8 * i..14 + 8 * i];
+            *slot = std::str::from_utf8(text)
+                .ok()
+                .and_then(|t| u32::from_str_radix(t, 16).ok())
+                .ok_or(CpioError::BadField {
+                    offset: at,
+                    field: NAMES[i],
+                })?;
+        }
+        let namesize = f[11] as usize;
+        let filesize = f[6] as usize;
+        if namesize == 0 {
+            return Err(CpioError::BadField {
+                offset: at,
+                field: "namesize",
+            });
+        }
+        let name_start = pos + HEADER_LEN;
+        let raw_name = buf
+            .get(name_start..name_start + namesize)
+            .ok_or(CpioError::Truncated {
+                offset: at,
+                what: "name",
+            })?;
+        // The stored size counts the terminating NUL.
+        let name_bytes = raw_name.split(|b| *b == 0).next().unwrap_or_default();
+        let name = String::from_utf8_lossy(name_bytes).into_owned();
+        let data_start = align4(name_start + namesize);
+        let data = buf
+            .get(data_start..data_start + filesize)
+            .ok_or(CpioError::Truncated {
+                offset: at,
+                what: "file data",
+            })?;
+        pos = align4(data_start + filesize);
+        if name == TRAILER {
+            return Ok((entries, true, pos.min(buf.len())));
+        }
+        entries.push(Entry {
+            name,
+            ino: f[0],
+            mode: f[1],
+            uid: f[2],
+            gid: f[3],
+            nlink: f[4],
+            mtime: f[5],
+            dev_major: f[7],
+            dev_minor: f[8],
+            rdev_major: f[9],
+            rdev_minor: f[10],
+            data: data.to_vec(),
+        });
+    }
+    Ok((entries, false, buf.len()))
+}
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ArchiveBuilder {
+        let mut b = ArchiveBuilder::new();
+        b.file("/etc/nixboot/initrd.json", 0o644, b"{}\n".to_vec())
+            .unwrap();
+        b.char_dev("/dev/console", 0o600, 5, 1).unwrap();
+        b.file("/init", 0o755, vec![1, 2, 3, 4, 5]).unwrap();
+        b.symlink("/bin/sh", "busybox").unwrap();
+        b.dir("/proc", 0o755).unwrap();
+        b
+    }
+
+    #[test]
+    fn header_layout_is_newc() {
+        let bytes = sample().write(7);
+        assert_eq!(&bytes[..6], b"070701");
+        assert_eq!(bytes.len() % 4, 0);
+        // 13 fields of 8 hex digits, then the name.
+        let first_name_len = usize::from_str_radix(
+            std::str::from_utf8(&bytes[6 + 8 * 11..6 + 8 * 12]).unwrap(),
+            16,
+        )
+        .unwrap();
+        assert_eq!(&bytes[HEADER_LEN..HEADER_LEN + first_name_len], b"bin\0");
+        let tail = std::str::from_utf8(&bytes[bytes.len() - 16..]).unwrap_or("");
+        assert!(tail.contains(TRAILER), "{tail:?}");
+    }
+
+    #[test]
+    fn round_trip_fields() {
+        let entries = read_archive(&sample().write(1234)).unwrap();
+        let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "bin",
+                "bin/sh",
+                "dev",
+                "dev/console",
+                "etc",
+                "etc/nixboot",
+                "etc/nixboot/initrd.json",
+                "init",
+                "proc"
+            ]
+        );
+        for (i, e) in entries.iter().enumerate() {
+            assert_eq!(e.ino as usize, i + 1, "{}", e.name);
+            assert_eq!(e.mtime, 1234);
+            assert_eq!((e.uid, e.gid, e.dev_major, e.dev_minor), (0, 0, 0, 0));
+            assert_eq!(e.nlink, if e.is_dir() { 2 } else { 1 }, "{}", e.name);
+        }
+        let console = &entries[3];
+        assert_eq!(console.mode, S_IFCHR | 0o600);
+        assert_eq!((console.rdev_major, console.rdev_minor), (5, 1));
+        let init = &entries[7];
+        assert_eq!(init.mode, S_IFREG | 0o755);
+        assert_eq!(init.data, [1, 2, 3, 4, 5]);
+        assert_eq!(entries[1].mode, S_IFLNK | 0o777);
+        assert_eq!(entries[1].data, b"busybox");
+    }
+
+    #[test]
+    fn bad_paths_and_conflicts_are_refused() {
+        let mut b = ArchiveBuilder::new();
+        for p in ["", "/", "a//b", "a/../b", "./a", "a/", "TRAILER!!!"] {
+            assert!(
+                matches!(b.dir(p, 0o755), Err(CpioError::InvalidPath { .. })),
+                "{p:?} accepted"
+            );
+        }
+        b.file("a/f", 0o644, vec![]).unwrap();
+        assert!(matches!(
+            b.file("a/f", 0o644, vec![]),
+            Err(CpioError::Duplicate { .. })
+        ));
+        assert!(matches!(
+            b.file("a/f/g", 0o644, vec![]),
+            Err(CpioError::NotADirectory { .. })
+        ));
+        assert!(matches!(
+            b.file("a", 0o644, vec![]),
+            Err(CpioError::NotADirectory { .. })
+        ));
+        // Re-adding a directory is fine and keeps one entry.
+        b.dir("a", 0o700).unwrap();
+        assert_eq!(b.len(), 2);
+    }
+
+    #[test]
+    fn reader_handles_padding_and_concatenation() {
+        let one = sample().write(0);
+        let mut two = ArchiveBuilder::new();
+        two.file("x/y", 0o644, b"later".to_vec()).unwrap();
+        let mut buf = one.clone();
+        buf.extend_from_slice(&[0; 12]);
+        buf.extend_from_slice(&compress::compress(Compression::Zstd, &two.write(0)).unwrap());
+        buf.extend_from_slice(&[0; 3]);
+        let segs = read_segments(&buf).unwrap();
+        assert_eq!(segs.len(), 2);
+        assert_eq!(segs[0].compression, Compression::None);
+        assert_eq!(segs[1].compression, Compression::Zstd);
+        assert!(segs.iter().all(|s| s.terminated));
+        assert_eq!(segs[1].entries.last().unwrap().data, b"later");
+        assert_eq!(read_archive(&buf).unwrap().len(), 11);
+    }
+
+    #[test]
+    fn reader_reports_damage() {
+        let bytes = sample().write(0);
+        // Cut inside the first entry's data and inside a header.
+        assert!(matches!(
+            read_archive(&bytes[..HEADER_LEN - 10]),
+            Err(CpioError::Truncated { .. })
+        ));
+        // Without the trailer: a segment that is not terminated.
+        let last_header = bytes.len() - align4(HEADER_LEN + TRAILER.len() + 1);
+        let cut = &bytes[..last_header];
+        let segs = read_segments(cut).unwrap();
+        assert!(!segs[0].terminated);
+        assert!(matches!(
+            read_archive(cut),
+            Err(CpioError::Unterminated { offset: 0 })
+        ));
+        let mut junk = bytes.clone();
+        junk[0] = b'X';
+        assert!(matches!(
+            read_archive(&junk),
+            Err(CpioError::BadMagic { offset: 0 })
+        ));
+        let mut gz = vec![0x1f, 0x8b, 8, 0];
+        gz.extend_from_slice(&[0; 20]);
+        assert!(matches!(
+            read_archive(&gz),
+            Err(CpioError::UnsupportedCompression { format: "gzip", .. })
+        ));
+        let mut misaligned = vec![0u8; 2];
+        misaligned.extend_from_slice(&bytes);
+        assert!(matches!(
+            read_archive(&misaligned),
+            Err(CpioError::Misaligned { offset: 2 })
+        ));
+    }
+}

@@ -1,0 +1,290 @@
+# The properties each nixboot mode must have, checked by evaluation only (nothing is built).
+# Used by nixos/tests/eval (offline, Nix 2.8, NIXPKGS) and by the flake's `checks`.
+#
+# Every mode evaluates to { facts = [ "what was checked", ... ]; xml = { guest = "..."; }; }
+# once all its checks hold, and throws "nixboot eval: FAILED <mode>: <check>" otherwise.
+#
+#   examples     the flake's nixosConfigurations.example-* (nixos/examples)
+#   nixosSystem  the function that made them (for the configurations that must be rejected)
+#   modules      the flake's nixosModules
+#   flake        the flake's outputs, for the `flake` mode (null: no such mode)
+#   readDrvs     also read instantiated .drv files (boot.json's text, mkinitrd's arguments);
+#                needs an impure evaluation that writes derivations (nix-instantiate
+#                --read-write-mode), so the flake's pure `checks` turn it off.
+{ lib, examples, nixosSystem, modules, flake ? null, readDrvs ? true }:
+let
+  inherit (lib) hasPrefix hasSuffix elem all any filter;
+
+  # Substring test on strings that may carry store-path context (regexes may not), by
+  # search rather than a whole-string match (std::regex recurses per character).
+  hasInfix = needle: hay:
+    let plain = builtins.unsafeDiscardStringContext; in
+    builtins.length (builtins.split (lib.escapeRegex (plain needle)) (plain hay)) > 1;
+
+  checker = mode: cond: what:
+    if cond then what else throw "nixboot eval: FAILED ${mode}: ${what}";
+
+  strict = facts: builtins.deepSeq facts facts;
+
+  # An instantiated derivation's text (ATerm).
+  drvText = drv: builtins.readFile drv.drvPath;
+
+  # boot.json as written by the bootspec writer: the `text` of the boot.json derivation the
+  # writer reads (before the toplevel and init are injected at build time).
+  bootJson = config:
+    let
+      ctx = builtins.attrNames (builtins.getContext config.boot.bootspec.writer);
+      drv = lib.findFirst (p: hasSuffix "-boot.json.drv" p) (throw "nixboot eval: no boot.json derivation in the bootspec writer") ctx;
+      aterm = builtins.readFile drv;
+      afterText = builtins.elemAt (builtins.split ''\("text","'' aterm) 2;
+      escaped = builtins.head (builtins.split ''"\)'' afterText);
+      text = builtins.replaceStrings [ ''\\'' ''\"'' ''\n'' ''\t'' ] [ ''\'' ''"'' "\n" "\t" ] escaped;
+    in
+    { inherit text; doc = builtins.fromJSON text; };
+
+  # The bootspec facts every backend shares: our initrd is bootspec's initrd.
+  initrdFacts = check: config:
+    let
+      initrd = config.system.build.nixbootInitrd;
+      ours = "${initrd}/${config.system.boot.loader.initrdFile}";
+    in
+    [
+      (check (config.system.build.initialRamdisk.drvPath == initrd.drvPath)
+        "system.build.initialRamdisk is nixboot's initrd (${initrd.name})")
+      (check (config.boot.bootspec.extensions."org.nixboot.v1".initrd == ours)
+        "bootspec extension org.nixboot.v1.initrd is ours")
+    ] ++ lib.optionals readDrvs (
+      let
+        bj = bootJson config;
+        v1 = bj.doc."org.nixos.bootspec.v1";
+        itext = drvText initrd;
+        top = config.system.build.toplevel;
+      in
+      [
+        (check (v1.initrd == ours) "boot.json org.nixos.bootspec.v1.initrd = ${ours}")
+        (check (v1.kernelParams == config.boot.kernelParams) "boot.json kernelParams = boot.kernelParams")
+        (check (bj.doc."org.nixboot.v1".initrd == ours) "boot.json org.nixboot.v1.initrd = the same")
+        (check (hasInfix "mkinitrd '-o'" itext && hasInfix "'--init' '${config.nixboot.packages.init}/bin/init'" itext)
+          "the initrd is made by mkinitrd with the static init")
+        (check (!hasInfix "--closure" itext && !hasInfix (builtins.baseNameOf top.drvPath) itext)
+          "the initrd does not depend on the toplevel (no --closure)")
+      ]);
+
+  toplevelFact = check: config:
+    let drv = config.system.build.toplevel.drvPath; in
+    check (hasSuffix ".drv" drv) "toplevel instantiates: ${drv}";
+
+  params = config: config.boot.kernelParams;
+
+  # ------------------------------------------------------------------ imageless
+  imageless =
+    let
+      check = checker "imageless";
+      c = examples.example-imageless.config;
+      x = examples.example-imageless-external-kernel.config;
+      kver = c.boot.kernelPackages.kernel.modDirVersion;
+    in
+    {
+      facts = strict ([
+        (check (c.fileSystems."/".fsType == "tmpfs") "fileSystems./ is a tmpfs")
+        (check (c.fileSystems."/nix/store".fsType == "virtiofs" && c.fileSystems."/nix/store".device == "store")
+          "fileSystems./nix/store is virtiofs tag store")
+        (check (all (p: elem p (params c)) [ "root=tmpfs" "nixboot.store=store" "nixboot.modules=none" "console=ttyS0,115200" ])
+          "kernelParams: root=tmpfs nixboot.store=store nixboot.modules=none")
+        (check (c.fileSystems."/src".fsType == "virtiofs" && elem "ro" c.fileSystems."/src".options)
+          "mounts.shares: /src is virtiofs, read-only")
+        (check (c.users.users.nixboot.isNormalUser) "user: nixboot exists")
+      ] ++ initrdFacts check c
+      ++ lib.optionals readDrvs [
+        (check (hasInfix "'--kernel-modules' '${c.system.modulesTree}/lib/modules/${kver}'" (drvText c.system.build.nixbootInitrd)
+          && hasInfix "'--module' 'virtiofs'" (drvText c.system.build.nixbootInitrd))
+          "the initrd takes virtiofs and its dependencies from NixOS's kernel ${kver}")
+      ] ++ [
+        (toplevelFact check c)
+        # external kernel
+        (check (!x.boot.kernel.enable) "external kernel: boot.kernel.enable = false")
+        (check (x.fileSystems."/lib/modules".fsType == "virtiofs" && x.fileSystems."/lib/modules".device == "modules")
+          "external kernel: fileSystems./lib/modules is virtiofs tag modules")
+        (check (elem "nixboot.modules=modules" (params x)) "external kernel: kernelParams nixboot.modules=modules")
+        (check (x.nixboot.initrd.modulesDir == null) "external kernel: the initrd packs no modules")
+      ] ++ initrdFacts check x
+      ++ lib.optionals readDrvs (
+        let bj = bootJson x; in [
+          (check (bj.doc."org.nixos.bootspec.v1".kernel == x.nixboot.kernel.externalImage)
+            "external kernel: boot.json kernel = ${x.nixboot.kernel.externalImage}")
+          (check (!hasInfix "-linux-" bj.text && bj.doc."org.nixboot.v1".externalKernel)
+            "external kernel: no NixOS kernel in boot.json")
+          (check (!hasInfix "--kernel-modules" (drvText x.system.build.nixbootInitrd))
+            "external kernel: mkinitrd gets no --kernel-modules")
+        ]) ++ [
+        (toplevelFact check x)
+      ]);
+    };
+
+  # ------------------------------------------------------------------ libvirt
+  libvirt =
+    let
+      check = checker "libvirt";
+      c = examples.example-libvirt.config;
+      image = c.system.build.nixbootImage;
+      fb = c.systemd.services.nixboot-first-boot;
+    in
+    {
+      facts = strict ([
+        (check (c.fileSystems."/".fsType == "ext4" && c.fileSystems."/".device == "/dev/disk/by-label/nixos")
+          "fileSystems./ is ext4 /dev/disk/by-label/nixos")
+        (check (c.boot.loader.grub.enable && c.boot.loader.grub.device == "/dev/vda") "grub on /dev/vda")
+        (check (all (p: elem p (params c)) [ "root=/dev/vda1" "rootfstype=ext4" "nixboot.modules=none" ])
+          "kernelParams: root=/dev/vda1 rootfstype=ext4")
+        (check (!(c.fileSystems ? "/nix/store")) "no virtiofs store")
+      ] ++ initrdFacts check c ++ lib.optionals readDrvs [
+        (check (hasInfix "'--module' 'virtio_blk'" (drvText c.system.build.nixbootInitrd)) "the initrd loads virtio_blk")
+        (check (hasInfix "qcow2" (drvText image)) "image: make-disk-image, format qcow2")
+      ] ++ [
+        (check (hasSuffix ".drv" image.drvPath) "image instantiates: ${image.drvPath}")
+        (check (fb.unitConfig.ConditionPathExists == "!/var/lib/nixboot/first-boot.done"
+          && hasInfix "nixos-rebuild boot" fb.script && hasInfix "systemctl --no-block reboot" fb.script)
+          "first boot: nixos-rebuild boot from the attached configuration, then reboot, once")
+        (check (c.fileSystems."/mnt/scratch".autoFormat) "mounts.storage: /mnt/scratch, formatted on first use")
+        (toplevelFact check c)
+      ]);
+    };
+
+  # ------------------------------------------------------------------ baremetal
+  baremetal =
+    let
+      check = checker "baremetal";
+      c = examples.example-baremetal.config;
+      ram = c.system.build.nixbootRamSystem.config;
+      netboot = c.system.build.nixbootNetboot;
+      kexec = c.system.build.nixbootKexec;
+    in
+    {
+      facts = strict ([
+        (check (c.fileSystems."/".fsType == "ext4" && c.fileSystems."/".device == "/dev/disk/by-label/nixos")
+          "fileSystems./ from the hardware configuration (ext4 by label)")
+        (check (!(c.fileSystems ? "/nix/store") && !(c.fileSystems ? "/lib/modules")) "no virtiofs store or modules")
+        (check (c.boot.kernel.enable) "a real kernel")
+        (check (all (p: elem p (params c)) [ "root=LABEL=nixos" "rootfstype=ext4" ] && !elem "root=tmpfs" (params c))
+          "kernelParams: root=LABEL=nixos rootfstype=ext4")
+        (check (c.system.switch.enable && c.boot.loader.systemd-boot.enable) "activation: switch-to-configuration with the machine's boot loader")
+        (check (c.nixboot.backends.imageless.enable) "the imageless configuration underneath")
+      ] ++ initrdFacts check c ++ [
+        (check (ram.fileSystems."/".fsType == "tmpfs" && builtins.attrNames ram.fileSystems == [ "/" ])
+          "RAM variant: tmpfs root and no disks")
+        (check (elem "root=tmpfs" (params ram) && ram.systemd.services ? nixboot-carry)
+          "RAM variant: root=tmpfs, carried ssh keys and addresses restored")
+        (check (hasSuffix ".drv" netboot.drvPath && hasSuffix ".drv" kexec.drvPath) "netboot and kexec instantiate")
+      ] ++ lib.optionals readDrvs (
+        let
+          nt = drvText netboot;
+          embedded = lib.findFirst (p: hasSuffix "-nixboot-initrd-embedded-store.drv" p) null
+            (builtins.attrNames (builtins.getContext (builtins.readFile netboot.drvPath)));
+        in
+        [
+          (check (hasInfix "netboot.ipxe" nt && hasInfix "#!ipxe" nt) "netboot: kernel + initrd + iPXE script")
+          (check (hasInfix "--embed-store" (drvText kexec) || hasInfix "nixboot-initrd-embedded-store" (drvText kexec))
+            "kexec: tarball with the embedded-store initrd")
+          (check (hasInfix "nixboot-initrd-embedded-store" nt) "netboot: the embedded-store initrd")
+          (check (hasInfix "kexec-run.sh" (drvText kexec) && hasInfix "tar " (drvText kexec)) "kexec: run script, tarball")
+        ]) ++ [
+        (toplevelFact check c)
+      ]);
+    };
+
+  # ------------------------------------------------------------------ controller
+  controller =
+    let
+      check = checker "controller";
+      c = examples.example-controller.config;
+      g = c.nixboot.controller.guests;
+      gi = examples.example-imageless.config;
+      gl = examples.example-libvirt.config;
+      names = map lib.getName c.environment.systemPackages;
+      unit = c.systemd.services."nixboot-guest-imageless";
+    in
+    {
+      facts = strict ([
+        (check (c.virtualisation.libvirtd.enable && !c.virtualisation.libvirtd.qemu.runAsRoot) "libvirtd, QEMU not as root")
+        (check (all (n: any (hasPrefix n) names) [ "ansible" "qemu" "virtiofsd" "libvirt" "gcc" "gnumake" "flex" "bison" "bc" "pahole" "nixboot-qemu" ])
+          "packages: kernel build tools, ansible, qemu, virtiofsd, libvirt, nixboot-qemu")
+        (check (hasInfix "<kernel>${gi.system.build.kernel}/${gi.system.boot.loader.kernelFile}</kernel>" g.imageless.xml
+          && hasInfix "<initrd>${gi.system.build.nixbootInitrd}/initrd</initrd>" g.imageless.xml)
+          "imageless guest XML: kernel and nixboot's initrd")
+        (check (hasInfix "init=${gi.system.build.toplevel}/init" g.imageless.xml && hasInfix "root=tmpfs" g.imageless.xml)
+          "imageless guest XML: cmdline init=<toplevel>/init root=tmpfs")
+        (check (hasInfix "<source type='memfd'/>" g.imageless.xml && hasInfix "<target dir='store'/>" g.imageless.xml
+          && hasInfix "<target dir='src'/>" g.imageless.xml)
+          "imageless guest XML: memfd backing, virtiofs store and src")
+        (check (hasInfix "<source file='${gl.system.build.nixbootImage}/nixos.qcow2'/>" g.web1.xml
+          && hasInfix "<source file='/var/lib/libvirt/images/web1.qcow2'/>" g.web1.xml
+          && hasInfix "<serial>nixos-config</serial>" g.web1.xml)
+          "libvirt guest XML: overlay over the image in the store, configuration disk")
+        (check (hasInfix "define" unit.script && hasInfix "start" unit.script && elem "multi-user.target" unit.wantedBy
+          && elem "libvirtd.service" unit.requires)
+          "systemd units define and start the guests through libvirt")
+        (check (hasInfix "qemu-img create -f qcow2 -F qcow2" c.systemd.services."nixboot-guest-web1".script)
+          "libvirt guest: per-VM overlay created by its unit")
+        (toplevelFact check c)
+      ]);
+      xml = lib.mapAttrs (_: guest: builtins.unsafeDiscardStringContext guest.xml) g;
+    };
+
+  # ------------------------------------------------------------------ assertions
+  assertions =
+    let
+      check = checker "assertions";
+      base = { nixpkgs.hostPlatform = "x86_64-linux"; system.stateVersion = "24.05"; };
+      failed = mods:
+        let sys = nixosSystem { modules = [ modules.default base ] ++ mods; };
+        in map (a: a.message) (filter (a: !a.assertion) sys.config.assertions);
+      rejects = what: needle: mods:
+        check (any (hasInfix needle) (failed mods)) "rejected: ${what}";
+      disk = { fileSystems."/" = { device = "/dev/vda1"; fsType = "ext4"; }; boot.loader.grub.device = "/dev/vda"; };
+    in
+    {
+      facts = strict [
+        (rejects "two backends at once" "more than one backend"
+          [{ nixboot.backends.imageless.enable = true; nixboot.backends.libvirt.enable = true; }])
+        (rejects "imageless without a virtiofs store" "needs /nix/store from the host over virtiofs"
+          [{ nixboot.backends.imageless = { enable = true; storeTag = null; }; }])
+        (rejects "a guest without a system" "has no system"
+          [ disk { nixboot.profiles.controller.enable = true; nixboot.controller.guests.lonely = { }; } ])
+        (rejects "a guest whose system lacks its mode's backend" "does not enable nixboot.backends.libvirt"
+          [ disk { nixboot.profiles.controller.enable = true;
+                   nixboot.controller.guests.wrong = { mode = "libvirt"; system = examples.example-imageless; }; } ])
+        (rejects "the systemd initrd" "boot.initrd.systemd.enable contradicts"
+          [{ nixboot.backends.imageless.enable = true; boot.initrd.systemd.enable = true; }])
+        (rejects "baremetal without a real kernel" "baremetal needs a real kernel"
+          [ disk { nixboot.baremetal.enable = true; boot.kernel.enable = false; } ])
+        (check (failed [{ nixboot.backends.imageless.enable = true; }] == [ ]) "a plain imageless machine passes every assertion")
+      ];
+    };
+  # ------------------------------------------------------------------ flake outputs
+  flakeOutputs =
+    let
+      check = checker "flake";
+      p = flake.packages.x86_64-linux;
+      host = p.init.stdenv.hostPlatform;
+      m = flake.nixosModules;
+    in
+    {
+      facts = strict [
+        (check (host.isStatic && host.isMusl && hasSuffix ".drv" p.init.drvPath) "packages.init: static, musl (${p.init.name})")
+        (check (p.mkinitrd.NIXBOOT_DEFAULT_INIT == "${p.init}/bin/init" && hasSuffix ".drv" p.mkinitrd.drvPath)
+          "packages.mkinitrd: NIXBOOT_DEFAULT_INIT = the init")
+        (check (hasSuffix ".drv" p.nixboot-qemu.drvPath) "packages.nixboot-qemu instantiates")
+        (check (all (n: lib.hasAttrByPath n m) [ [ "backends" "imageless" ] [ "backends" "libvirt" ] [ "baremetal" ]
+          [ "profiles" "controller" ] [ "user" ] [ "mounts" "shares" ] [ "mounts" "storage" ] [ "default" ] ])
+          "nixosModules: backends.{imageless,libvirt} baremetal profiles.controller user mounts.{shares,storage} default")
+        (check (all (t: builtins.pathExists (flake.templates.${t}.path + "/flake.nix")) [ "imageless" "libvirt" ])
+          "templates: imageless, libvirt")
+        (check (all (n: flake.checks.x86_64-linux ? ${n}) [ "imageless" "libvirt" "baremetal" "controller" "controller-xml" ])
+          "checks: one per mode, controller-xml")
+        (check (builtins.isFunction flake.overlays.default) "overlays.default")
+      ];
+    };
+in
+{
+  inherit imageless libvirt baremetal controller assertions;
+} // lib.optionalAttrs (flake != null) { flake = flakeOutputs; }

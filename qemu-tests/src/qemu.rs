@@ -1,0 +1,381 @@
+//! Runs one VM: virtiofsd per share, QEMU with a serial console on stdio, and the console
+//! read back into an [`Outcome`].
+
+use crate::accel::{self, Accel, AccelChoice};
+use crate::console::{ConsoleFacts, StatusLine, PROBE_MARKER, STATUS_MARKER};
+use crate::virtiofsd::{Share, Virtiofsd};
+use crate::{Error, Result};
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long a virtiofsd may take to create its socket.
+const VIRTIOFSD_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything needed to boot once.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub qemu: PathBuf,
+    pub virtiofsd: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub memory_mb: u32,
+    pub cpus: u32,
+    pub shares: Vec<Share>,
+    /// `None`: decided by [`accel::choose`] (NIXBOOT_ACCEL, else a trial boot).
+    pub accel: Option<Accel>,
+    /// Kill QEMU after this long and report `timed_out`.
+    pub timeout: Option<Duration>,
+    /// Do not echo the console (or QEMU's stderr); it is still captured.
+    pub quiet: bool,
+    /// Hand our stdin to the guest console. Tests leave this off: parallel QEMUs must not
+    /// fight over (and switch to raw mode) the terminal of `cargo test`.
+    pub interactive: bool,
+    /// Appended verbatim to QEMU's arguments.
+    pub extra_qemu_args: Vec<String>,
+}
+
+impl VmConfig {
+    pub fn new(kernel: impl Into<PathBuf>, initrd: Option<PathBuf>, cmdline: String) -> Self {
+        VmConfig {
+            qemu: PathBuf::from("qemu-system-x86_64"),
+            virtiofsd: PathBuf::from("virtiofsd"),
+            kernel: kernel.into(),
+            initrd,
+            cmdline,
+            memory_mb: 1024,
+            cpus: 1,
+            shares: Vec::new(),
+            accel: None,
+            timeout: None,
+            quiet: false,
+            interactive: false,
+            extra_qemu_args: Vec::new(),
+        }
+    }
+}
+
+/// What happened during one boot.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The whole serial console (lossy UTF-8, `\r\n` line ends as the guest wrote them).
+    pub console: String,
+    /// QEMU's own diagnostics.
+    pub qemu_stderr: String,
+    pub qemu_exit: ExitStatus,
+    /// The init's `nixboot-status:` line.
+    pub status: Option<StatusLine>,
+    /// The probe's report.
+    pub probe: Option<serde_json::Value>,
+    pub panicked: bool,
+    /// The kernel announced a power-off (as opposed to a reboot, e.g. after a panic).
+    pub powered_off: bool,
+    pub timed_out: bool,
+    /// From QEMU's start to its exit.
+    pub elapsed: Duration,
+    pub accel: AccelChoice,
+    /// Host-side times since QEMU's start at which these lines arrived.
+    pub kernel_started_at: Option<Duration>,
+    pub status_at: Option<Duration>,
+    pub probe_at: Option<Duration>,
+    /// Console protocol breaches (duplicate or unparsable marker lines).
+    pub warnings: Vec<String>,
+    /// Per tag, whatever virtiofsd printed.
+    pub virtiofsd_logs: Vec<(String, String)>,
+}
+
+impl Outcome {
+    /// QEMU exited by itself with status 0 (with -no-reboot: the guest powered off or
+    /// rebooted).
+    pub fn qemu_clean_exit(&self) -> bool {
+        !self.timed_out && self.qemu_exit.success()
+    }
+
+    /// Time from the kernel's first line to the probe's report, when both were seen.
+    pub fn kernel_to_probe(&self) -> Option<Duration> {
+        Some(self.probe_at?.saturating_sub(self.kernel_started_at?))
+    }
+
+    /// The last `n` console lines, for assertion messages.
+    pub fn console_tail(&self, n: usize) -> String {
+        let lines: Vec<&str> = self.console.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+/// Boots the VM and waits for QEMU to exit (or the timeout).
+pub fn run(cfg: &VmConfig) -> Result<Outcome> {
+    for (what, p) in [
+        ("kernel", Some(&cfg.kernel)),
+        ("initrd", cfg.initrd.as_ref()),
+    ] {
+        if let Some(p) = p {
+            if !p.is_file() {
+                return Err(Error::Config(format!(
+                    "{what} {} does not exist",
+                    p.display()
+                )));
+            }
+        }
+    }
+    let mut tags: Vec<&str> = cfg.shares.iter().map(|s| s.tag.as_str()).collect();
+    tags.sort_unstable();
+    if tags.windows(2).any(|w| w[0] == w[1]) {
+        return Err(Error::Config(format!("duplicate share tags: {tags:?}")));
+    }
+
+    let accel = match cfg.accel {
+        Some(a) => AccelChoice {
+            accel: a,
+            reason: "chosen by the caller".into(),
+        },
+        None => accel::choose(&cfg.qemu, &cfg.kernel),
+    };
+    eprintln!(
+        "nixboot-qemu: accelerator {} ({})",
+        accel.accel, accel.reason
+    );
+
+    let sockdir = tempfile::Builder::new()
+        .prefix("nixboot-qemu.")
+        .tempdir()
+        .map_err(|e| Error::io("creating a socket directory", e))?;
+    let mut daemons = Vec::new();
+    for (i, share) in cfg.shares.iter().enumerate() {
+        let sock = sockdir.path().join(format!("vfs{i}.sock"));
+        daemons.push(Virtiofsd::start(
+            &cfg.virtiofsd,
+            share,
+            &sock,
+            VIRTIOFSD_START_TIMEOUT,
+        )?);
+    }
+
+    let args = qemu_args(cfg, accel.accel, &daemons);
+    let mut cmd = Command::new(&cfg.qemu);
+    cmd.args(&args)
+        .stdin(if cfg.interactive {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    crate::die_with_parent(&mut cmd);
+    if cfg.interactive && std::io::stdin().is_terminal() {
+        eprintln!("nixboot-qemu: the console takes your keyboard; Ctrl-A x quits QEMU");
+    }
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::io(format!("running {}", cfg.qemu.display()), e))?;
+
+    let quiet = cfg.quiet;
+    let out = child.stdout.take();
+    let console_thread = std::thread::spawn(move || read_console(out, start, quiet));
+    let err = child.stderr.take();
+    let stderr_thread: JoinHandle<Vec<u8>> = std::thread::spawn(move || {
+        let mut sink = (!quiet).then(std::io::stderr);
+        let mut all = Vec::new();
+        pump(err, |chunk| {
+            if let Some(s) = sink.as_mut() {
+                let _ = s.write_all(chunk);
+            }
+            all.extend_from_slice(chunk);
+        });
+        all
+    });
+
+    let mut timed_out = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) => {}
+            Err(e) => return Err(Error::io("waiting for QEMU", e)),
+        }
+        if cfg.timeout.is_some_and(|t| start.elapsed() >= t) {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().map_err(|e| Error::io("waiting for QEMU", e))?;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = start.elapsed();
+
+    let console = console_thread.join().unwrap_or_default();
+    let qemu_stderr =
+        String::from_utf8_lossy(&stderr_thread.join().unwrap_or_default()).into_owned();
+    let mut virtiofsd_logs = Vec::new();
+    for mut d in daemons {
+        d.stop();
+        virtiofsd_logs.push((d.share.tag.clone(), d.log()));
+    }
+    drop(sockdir);
+
+    let text = String::from_utf8_lossy(&console.bytes).into_owned();
+    let facts = ConsoleFacts::parse(&text);
+    Ok(Outcome {
+        console: text,
+        qemu_stderr,
+        qemu_exit: status,
+        status: facts.status,
+        probe: facts.probe,
+        panicked: facts.panicked,
+        powered_off: facts.powered_off,
+        timed_out,
+        elapsed,
+        accel,
+        kernel_started_at: console.kernel_started_at,
+        status_at: console.status_at,
+        probe_at: console.probe_at,
+        warnings: facts.warnings,
+        virtiofsd_logs,
+    })
+}
+
+/// The QEMU command line (without the binary).
+pub fn qemu_args(cfg: &VmConfig, accel: Accel, daemons: &[Virtiofsd]) -> Vec<String> {
+    let mut a: Vec<String> = accel.qemu_args().iter().map(|s| s.to_string()).collect();
+    let mem = cfg.memory_mb;
+    a.extend([
+        "-m".into(),
+        format!("{mem}M"),
+        "-smp".into(),
+        cfg.cpus.to_string(),
+        // vhost-user needs guest RAM in a shareable memfd.
+        "-object".into(),
+        format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+        "-numa".into(),
+        "node,memdev=mem".into(),
+    ]);
+    for (i, d) in daemons.iter().enumerate() {
+        a.push("-chardev".into());
+        a.push(format!(
+            "socket,id=vfs{i},path={}",
+            qemu_escape(&d.socket.display().to_string())
+        ));
+        a.push("-device".into());
+        a.push(format!(
+            "vhost-user-fs-pci,chardev=vfs{i},tag={}",
+            d.share.tag
+        ));
+    }
+    a.push("-kernel".into());
+    a.push(qemu_path(&cfg.kernel));
+    if let Some(initrd) = &cfg.initrd {
+        a.push("-initrd".into());
+        a.push(qemu_path(initrd));
+    }
+    a.push("-append".into());
+    a.push(cfg.cmdline.clone());
+    a.extend(
+        [
+            // Not -nographic: that also turns on SeaBIOS's serial console, whose screen
+            // clearing escapes would wipe the user's terminal.
+            "-display",
+            "none",
+            "-nodefaults",
+            "-no-reboot",
+            // The console multiplexed with the monitor, as -serial mon:stdio does, so an
+            // interactive user gets Ctrl-A x; signal=off sends Ctrl-C to the guest.
+            "-chardev",
+            "stdio,id=con,mux=on,signal=off",
+            "-serial",
+            "chardev:con",
+            "-mon",
+            "chardev=con,mode=readline",
+        ]
+        .into_iter()
+        .map(String::from),
+    );
+    a.extend(cfg.extra_qemu_args.iter().cloned());
+    a
+}
+
+/// QEMU's `-chardev path=` value: commas are doubled.
+fn qemu_escape(s: &str) -> String {
+    s.replace(',', ",,")
+}
+
+fn qemu_path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[derive(Default)]
+struct Console {
+    bytes: Vec<u8>,
+    kernel_started_at: Option<Duration>,
+    status_at: Option<Duration>,
+    probe_at: Option<Duration>,
+}
+
+/// Streams the console to our stdout and keeps a copy, noting when key lines arrive.
+fn read_console(out: Option<std::process::ChildStdout>, start: Instant, quiet: bool) -> Console {
+    let mut c = Console::default();
+    let mut line_start = 0;
+    let mut stdout = (!quiet).then(std::io::stdout);
+    pump(out, |chunk| {
+        if let Some(s) = stdout.as_mut() {
+            let _ = s.write_all(chunk);
+            let _ = s.flush();
+        }
+        c.bytes.extend_from_slice(chunk);
+        while let Some(nl) = c.bytes[line_start..].iter().position(|b| *b == b'\n') {
+            let line = &c.bytes[line_start..line_start + nl];
+            let now = start.elapsed();
+            let has = |m: &str| line.windows(m.len()).any(|w| w == m.as_bytes());
+            if c.kernel_started_at.is_none() && has("Linux version") {
+                c.kernel_started_at = Some(now);
+            }
+            if c.status_at.is_none() && has(STATUS_MARKER) {
+                c.status_at = Some(now);
+            }
+            if c.probe_at.is_none() && has(PROBE_MARKER) {
+                c.probe_at = Some(now);
+            }
+            line_start += nl + 1;
+        }
+    });
+    c
+}
+
+/// Reads `r` to its end, handing each chunk to `f` as it arrives.
+fn pump<R: Read>(r: Option<R>, mut f: impl FnMut(&[u8])) {
+    let Some(mut r) = r else { return };
+    let mut buf = [0u8; 8192];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => f(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_shape() {
+        let mut cfg = VmConfig::new("/k", Some("/i".into()), "console=ttyS0 x".into());
+        cfg.memory_mb = 512;
+        cfg.cpus = 2;
+        let a = qemu_args(&cfg, Accel::Tcg, &[]);
+        let joined = a.join(" ");
+        assert!(
+            joined.starts_with("-accel tcg -cpu max -m 512M -smp 2 "),
+            "{joined}"
+        );
+        assert!(joined.contains("memory-backend-memfd,id=mem,size=512M,share=on"));
+        assert!(joined.contains("-kernel /k -initrd /i -append"));
+        let i = a.iter().position(|x| x == "-append").unwrap();
+        assert_eq!(a[i + 1], "console=ttyS0 x");
+        assert!(joined.contains("-no-reboot"));
+        assert_eq!(qemu_escape("/a,b"), "/a,,b");
+    }
+}

@@ -1,0 +1,242 @@
+//! One virtiofsd process per shared directory.
+
+use crate::{Error, Result};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The virtio-fs device's tag field is 36 bytes.
+const MAX_TAG_LEN: usize = 36;
+
+/// A host directory the guest mounts with `mount -t virtiofs TAG DIR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    pub tag: String,
+    pub dir: PathBuf,
+    /// Served with `--readonly`, so even a guest that mounts it rw cannot write the host.
+    pub readonly: bool,
+}
+
+impl Share {
+    pub fn new(tag: &str, dir: impl Into<PathBuf>) -> Result<Share> {
+        let dir = dir.into();
+        // QEMU's option parser treats `,` specially and `=` would be ambiguous in --share.
+        if tag.is_empty()
+            || tag.len() > MAX_TAG_LEN
+            || !tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        {
+            return Err(Error::BadShare(
+                format!("{tag}={}", dir.display()),
+                format!("the tag must be 1-{MAX_TAG_LEN} characters of [A-Za-z0-9_.-]"),
+            ));
+        }
+        if !dir.is_dir() {
+            return Err(Error::BadShare(
+                format!("{tag}={}", dir.display()),
+                "not a directory".into(),
+            ));
+        }
+        Ok(Share {
+            tag: tag.to_string(),
+            dir,
+            readonly: false,
+        })
+    }
+
+    pub fn readonly(mut self) -> Share {
+        self.readonly = true;
+        self
+    }
+}
+
+impl FromStr for Share {
+    type Err = Error;
+
+    /// `TAG=DIR`.
+    fn from_str(s: &str) -> Result<Share> {
+        let (tag, dir) = s
+            .split_once('=')
+            .ok_or_else(|| Error::BadShare(s.to_string(), "expected TAG=DIR".into()))?;
+        Share::new(tag, dir)
+    }
+}
+
+/// A running virtiofsd. Killed (and reaped) on drop, so an early error return or a panic
+/// in a test does not leave daemons behind.
+pub struct Virtiofsd {
+    pub share: Share,
+    pub socket: PathBuf,
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<u8>>>,
+    log_thread: Option<JoinHandle<()>>,
+}
+
+impl Virtiofsd {
+    /// Starts virtiofsd and waits (at most `timeout`) until it listens on `socket`.
+    pub fn start(bin: &Path, share: &Share, socket: &Path, timeout: Duration) -> Result<Self> {
+        let fail = |reason: String, log: String| Error::VirtiofsdStart {
+            tag: share.tag.clone(),
+            dir: share.dir.clone(),
+            reason,
+            log,
+        };
+        let mut cmd = Command::new(bin);
+        cmd.arg(format!("--socket-path={}", socket.display()))
+            .arg(format!("--shared-dir={}", share.dir.display()))
+            // As root without namespaces: the namespace sandbox needs privileges CI
+            // containers rarely grant, and the guest is ours anyway.
+            .arg("--sandbox=none")
+            // The host may change the shared files between boots (tests rebuild them).
+            .arg("--cache=never")
+            .arg("--log-level=warn");
+        if share.readonly {
+            cmd.arg("--readonly");
+        }
+        // Its own process group: a Ctrl-C typed at the launcher's terminal must not kill
+        // the daemon under a running guest; we stop it ourselves.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        crate::die_with_parent(&mut cmd);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| fail(format!("cannot run {}: {e}", bin.display()), String::new()))?;
+
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let mut threads = Vec::new();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = Arc::clone(&log);
+            threads.push(std::thread::spawn(move || collect(stream, &log)));
+        }
+        let log_thread = Some(std::thread::spawn(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        }));
+        let mut me = Virtiofsd {
+            share: share.clone(),
+            socket: socket.to_path_buf(),
+            child: Some(child),
+            log,
+            log_thread,
+        };
+
+        let deadline = Instant::now() + timeout;
+        loop {
+            if socket.exists() {
+                return Ok(me);
+            }
+            if let Some(child) = me.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    me.child = None;
+                    me.join_log();
+                    return Err(fail(format!("exited with {status}"), me.log()));
+                }
+            }
+            if Instant::now() >= deadline {
+                me.stop();
+                return Err(fail(
+                    format!(
+                        "its socket {} did not appear within {timeout:?}",
+                        socket.display()
+                    ),
+                    me.log(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Everything virtiofsd printed so far.
+    pub fn log(&self) -> String {
+        let buf = self.log.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Stops the daemon: it normally exits by itself once QEMU disconnects, so give it a
+    /// moment after SIGTERM before SIGKILL.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(None) = child.try_wait() {
+                if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+                }
+                let deadline = Instant::now() + Duration::from_millis(500);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+        self.join_log();
+    }
+
+    fn join_log(&mut self) {
+        if let Some(t) = self.log_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Virtiofsd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn collect(mut stream: Box<dyn Read + Send>, log: &Mutex<Vec<u8>>) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        if let Ok(mut l) = log.lock() {
+            l.extend_from_slice(&buf[..n]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn share_parsing() {
+        let t = tempfile::tempdir().unwrap();
+        let s: Share = format!("store={}", t.path().display()).parse().unwrap();
+        assert_eq!(s.tag, "store");
+        assert_eq!(s.dir, t.path());
+        assert!(!s.readonly);
+        assert!("store".parse::<Share>().is_err());
+        assert!(format!("a,b={}", t.path().display())
+            .parse::<Share>()
+            .is_err());
+        assert!(format!("{}={}", "x".repeat(37), t.path().display())
+            .parse::<Share>()
+            .is_err());
+        assert!("x=/nonexistent/dir".parse::<Share>().is_err());
+    }
+}
