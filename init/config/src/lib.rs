@@ -28,6 +28,11 @@ pub struct InitrdConfig {
     /// Modules to load, in load order: every dependency comes before its users.
     #[serde(default)]
     pub modules: Vec<ModuleSpec>,
+    /// Set by `mkinitrd --embed-store`: the closure's store paths are packed in the initramfs
+    /// under this directory (always `/nix/store`). The init then brings them into the new
+    /// root instead of mounting a store share (netboot and kexec images: no disk, no virtiofs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedded_store: Option<String>,
 }
 
 /// One kernel module packed in the initramfs.
@@ -63,6 +68,7 @@ impl InitrdConfig {
             kernel_version: None,
             default_init: None,
             modules: Vec::new(),
+            embedded_store: None,
         }
     }
 
@@ -117,6 +123,7 @@ mod tests {
                     .into(),
                 params: String::new(),
             }],
+            embedded_store: None,
         }
     }
 
