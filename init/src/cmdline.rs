@@ -1,9 +1,15 @@
 //! `/proc/cmdline` -> typed [`Options`] (pure; no I/O).
 //!
-//! We share the command line with the kernel, so unknown keys are ignored silently, and a
-//! malformed value of one of OUR keys becomes a warning (kept in [`Options::warnings`] and
-//! logged once the console is up) while the previous value (or the default) stays: a typo on
-//! the command line must not stop a boot that can still go on.
+//! Names: dracut's where dracut has the option (`root=`, `rootfstype=`, `rootflags=`, `ro`,
+//! `rw`, `init=`, `rd.timeout=`, `rd.emergency=`, `rd.shell`, `rd.debug`,
+//! `rd.driver.blacklist=`), with dracut's meaning; everything else lives under `nixboot.`.
+//!
+//! We share the command line with the kernel, so keys outside our namespace are ignored
+//! silently. An unknown `nixboot.` key or a malformed value of one of our keys becomes a
+//! warning (kept in [`Options::warnings`] and logged once the console is up) while the
+//! previous value (or the default) stays: a typo must not stop a boot that can still go on.
+//! The last duplicate wins, except for the list option `rd.driver.blacklist=`, which adds up
+//! (as in dracut).
 
 use std::time::Duration;
 
@@ -29,14 +35,21 @@ pub struct Options {
     pub rootflags: Option<String>,
     /// `ro` / `rw`; `None` when neither was given (the root is then mounted read-write).
     pub read_only: Option<bool>,
-    /// `rd.timeout=SECONDS`: bound of every wait for a device or a virtiofs tag.
+    /// `rd.timeout=SECONDS`: bound of every wait for a device or a virtiofs tag. `0` means
+    /// no bound (dracut's meaning), kept as [`Duration::MAX`].
     pub timeout: Duration,
     /// `rd.emergency=`: what to do when the boot fails.
     pub emergency: Emergency,
-    /// `nixboot.store=TAG|none`: virtiofs tag for `/nix/store`; `None` = do not mount.
-    pub store_tag: Option<String>,
-    /// `nixboot.modules=TAG|none`: virtiofs tag for `/lib/modules`; `None` = do not mount.
-    pub modules_tag: Option<String>,
+    /// `nixboot.store=TAG|none`: virtiofs share for `/nix/store`. The default depends on
+    /// the root and on the initrd (see `plan`), so "not given" is kept apart.
+    pub store: ShareChoice,
+    /// `nixboot.modules=TAG|none`: virtiofs share for `/lib/modules`.
+    pub modules: ShareChoice,
+    /// `nixboot.store_overlay`: the store share becomes the read-only lower layer of an
+    /// overlay whose upper layer is a tmpfs, so the booted system can write to /nix/store.
+    pub store_overlay: bool,
+    /// `rd.driver.blacklist=a,b`: modules of the initrd's list not to load (dracut's name).
+    pub driver_blacklist: Vec<String>,
     /// `nixboot.tmpfs_size=`: the `size=` option of the tmpfs root.
     pub tmpfs_size: String,
     /// `rd.debug` / `nixboot.debug`: log the plan and the details of every wait.
@@ -47,6 +60,28 @@ pub struct Options {
     pub warnings: Vec<String>,
 }
 
+/// `nixboot.store=` / `nixboot.modules=`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ShareChoice {
+    /// Not on the command line: the plan picks the default for the kind of root.
+    #[default]
+    Default,
+    Tag(String),
+    /// `none`.
+    Off,
+}
+
+impl ShareChoice {
+    /// The tag to mount, given the default for this boot.
+    pub fn resolve(&self, default: Option<&str>) -> Option<String> {
+        match self {
+            ShareChoice::Default => default.map(str::to_string),
+            ShareChoice::Tag(t) => Some(t.clone()),
+            ShareChoice::Off => None,
+        }
+    }
+}
+
 /// What `root=` asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Root {
@@ -54,8 +89,7 @@ pub enum Root {
     Tmpfs,
     /// `root=virtiofs:TAG`: the whole root is a virtiofs share.
     Virtiofs(String),
-    /// Any other `root=`: a block device. Parsed now, refused by the plan until block
-    /// roots are implemented.
+    /// Any other `root=`: a block device.
     Block(BlockSpec),
 }
 
@@ -66,9 +100,12 @@ pub enum BlockSpec {
     Uuid(String),
     PartUuid(String),
     PartLabel(String),
-    /// `/dev/...`
+    /// `/dev/NAME`: the kernel's name of the device (`/dev/vda1`).
     Path(String),
-    /// Kernel-only forms we do not interpret (`sda1`, `08:01`, ...).
+    /// `MAJ:MIN` or `/dev/block/MAJ:MIN`.
+    DevNum(u32, u32),
+    /// Forms we do not interpret (`PARTUUID=../PARTNROFF=1`, hex device numbers, ...);
+    /// the plan refuses them with a list of the forms that work.
     Other(String),
 }
 
@@ -114,6 +151,7 @@ impl std::fmt::Display for Root {
                 BlockSpec::Uuid(s) => write!(f, "UUID={s}"),
                 BlockSpec::PartUuid(s) => write!(f, "PARTUUID={s}"),
                 BlockSpec::PartLabel(s) => write!(f, "PARTLABEL={s}"),
+                BlockSpec::DevNum(ma, mi) => write!(f, "{ma}:{mi}"),
                 BlockSpec::Path(s) | BlockSpec::Other(s) => f.write_str(s),
             },
         }
@@ -130,8 +168,10 @@ impl Default for Options {
             read_only: None,
             timeout: DEFAULT_TIMEOUT,
             emergency: Emergency::PowerOff,
-            store_tag: Some(DEFAULT_STORE_TAG.to_string()),
-            modules_tag: Some(DEFAULT_MODULES_TAG.to_string()),
+            store: ShareChoice::Default,
+            modules: ShareChoice::Default,
+            store_overlay: false,
+            driver_blacklist: Vec::new(),
             tmpfs_size: DEFAULT_TMPFS_SIZE.to_string(),
             debug: false,
             init_args: Vec::new(),
@@ -225,10 +265,15 @@ fn apply_one(o: &mut Options, key: &str, value: Option<&str>) -> Result<(), Stri
             Some(v) => return Err(format!("{v:?} is not an absolute path, ignored")),
             None => return Err("needs a value (init=/nix/store/...-system/init), ignored".into()),
         },
-        "root" => match value {
-            Some(v) => o.root = parse_root(v)?,
-            None => return Err("needs a value (root=tmpfs or root=virtiofs:TAG), ignored".into()),
-        },
+        "root" => {
+            match value {
+                Some(v) => o.root = parse_root(v)?,
+                None => return Err(
+                    "needs a value (root=tmpfs, root=virtiofs:TAG, root=LABEL=..., ...), ignored"
+                        .into(),
+                ),
+            }
+        }
         "rootfstype" | "rootflags" => match value {
             Some(v) if !v.is_empty() => {
                 let slot = if key == "rootfstype" {
@@ -244,12 +289,14 @@ fn apply_one(o: &mut Options, key: &str, value: Option<&str>) -> Result<(), Stri
             None => o.read_only = Some(key == "ro"),
             Some(v) => return Err(format!("takes no value (got {v:?}), ignored")),
         },
+        // dracut: 0 means wait forever.
         "rd.timeout" => match shown.parse::<u64>() {
+            Ok(0) => o.timeout = Duration::MAX,
             Ok(s) => o.timeout = Duration::from_secs(s),
             Err(_) => {
                 return Err(format!(
-                    "{shown:?} is not a whole number of seconds, keeping {}s",
-                    o.timeout.as_secs()
+                    "{shown:?} is not a whole number of seconds, keeping {}",
+                    describe_timeout(o.timeout)
                 ))
             }
         },
@@ -262,8 +309,28 @@ fn apply_one(o: &mut Options, key: &str, value: Option<&str>) -> Result<(), Stri
                 ))
             }
         },
-        "nixboot.store" => o.store_tag = parse_tag(value)?,
-        "nixboot.modules" => o.modules_tag = parse_tag(value)?,
+        // dracut's switch for the emergency shell; rd.shell=0 takes the shell away again.
+        "rd.shell" => match parse_bool(value) {
+            Some(true) => o.emergency = Emergency::Shell,
+            Some(false) if o.emergency == Emergency::Shell => o.emergency = Emergency::PowerOff,
+            Some(false) => {}
+            None => return Err(format!("{shown:?} is not a boolean, ignored")),
+        },
+        "rd.driver.blacklist" => match value {
+            Some(v) if !v.is_empty() => o.driver_blacklist.extend(
+                v.split(',')
+                    .filter(|m| !m.is_empty())
+                    // The kernel treats - and _ in module names alike.
+                    .map(|m| m.replace('-', "_")),
+            ),
+            _ => return Err("needs module names (rd.driver.blacklist=a,b), ignored".into()),
+        },
+        "nixboot.store" => o.store = parse_share(value)?,
+        "nixboot.modules" => o.modules = parse_share(value)?,
+        "nixboot.store_overlay" => match parse_bool(value) {
+            Some(b) => o.store_overlay = b,
+            None => return Err(format!("{shown:?} is not a boolean, ignored")),
+        },
         "nixboot.tmpfs_size" => match value {
             Some(v) if valid_tmpfs_size(v) => o.tmpfs_size = v.to_string(),
             _ => {
@@ -273,16 +340,51 @@ fn apply_one(o: &mut Options, key: &str, value: Option<&str>) -> Result<(), Stri
                 ))
             }
         },
-        "rd.debug" | "nixboot.debug" => match value {
-            None | Some("1" | "yes" | "true" | "on") => o.debug = true,
-            Some("0" | "no" | "false" | "off") => o.debug = false,
-            Some(v) => return Err(format!("{v:?} is not a boolean, ignored")),
+        "rd.debug" | "nixboot.debug" => match parse_bool(value) {
+            Some(b) => o.debug = b,
+            None => return Err(format!("{shown:?} is not a boolean, ignored")),
         },
+        // Our namespace: a typo here would otherwise go unnoticed.
+        k if k.starts_with("nixboot.") => {
+            return Err(format!(
+                "unknown option (known: {}), ignored",
+                NIXBOOT_KEYS.join(", ")
+            ))
+        }
         // Not ours: the kernel's, or the next init's.
         _ => {}
     }
     Ok(())
 }
+
+/// Every `nixboot.` key, for the warning about an unknown one.
+const NIXBOOT_KEYS: &[&str] = &[
+    "nixboot.store",
+    "nixboot.modules",
+    "nixboot.store_overlay",
+    "nixboot.tmpfs_size",
+    "nixboot.debug",
+];
+
+/// dracut's booleans: a bare key is `1`.
+fn parse_bool(v: Option<&str>) -> Option<bool> {
+    match v {
+        None | Some("1" | "yes" | "true" | "on") => Some(true),
+        Some("0" | "no" | "false" | "off") => Some(false),
+        Some(_) => None,
+    }
+}
+
+/// `30s`, or `no bound` for rd.timeout=0.
+pub fn describe_timeout(t: Duration) -> String {
+    if t == Duration::MAX {
+        "no bound".into()
+    } else {
+        format!("{}s", t.as_secs())
+    }
+}
+
+type MakeSpec = fn(String) -> BlockSpec;
 
 fn parse_root(v: &str) -> Result<Root, String> {
     if v == "tmpfs" {
@@ -298,27 +400,96 @@ fn parse_root(v: &str) -> Result<Root, String> {
     if v.is_empty() {
         return Err("empty value, ignored".into());
     }
-    let spec = if let Some(s) = v.strip_prefix("LABEL=") {
-        BlockSpec::Label(s.to_string())
-    } else if let Some(s) = v.strip_prefix("UUID=") {
-        BlockSpec::Uuid(s.to_string())
-    } else if let Some(s) = v.strip_prefix("PARTUUID=") {
-        BlockSpec::PartUuid(s.to_string())
-    } else if let Some(s) = v.strip_prefix("PARTLABEL=") {
-        BlockSpec::PartLabel(s.to_string())
-    } else if v.starts_with("/dev/") {
-        BlockSpec::Path(v.to_string())
-    } else {
-        BlockSpec::Other(v.to_string())
+    let tagged: [(&str, MakeSpec); 4] = [
+        ("LABEL=", BlockSpec::Label),
+        ("UUID=", BlockSpec::Uuid),
+        ("PARTUUID=", BlockSpec::PartUuid),
+        ("PARTLABEL=", BlockSpec::PartLabel),
+    ];
+    for (prefix, make) in tagged {
+        if let Some(s) = v.strip_prefix(prefix) {
+            if s.is_empty() {
+                return Err(format!("root={prefix} needs a value, ignored"));
+            }
+            // The kernel's PARTUUID=.../PARTNROFF=N form: not supported, say so at plan time.
+            if prefix == "PARTUUID=" && s.contains('/') {
+                return Ok(Root::Block(BlockSpec::Other(v.to_string())));
+            }
+            return Ok(Root::Block(make(s.to_string())));
+        }
+    }
+    // There is no udev in the initrd, so there are no /dev/disk/by-* links: read them as
+    // what they stand for (udev escapes unusual bytes as \xHH in these names).
+    let by: [(&str, MakeSpec); 4] = [
+        ("/dev/disk/by-label/", BlockSpec::Label),
+        ("/dev/disk/by-uuid/", BlockSpec::Uuid),
+        ("/dev/disk/by-partuuid/", BlockSpec::PartUuid),
+        ("/dev/disk/by-partlabel/", BlockSpec::PartLabel),
+    ];
+    for (prefix, make) in by {
+        if let Some(s) = v.strip_prefix(prefix) {
+            if s.is_empty() || s.contains('/') {
+                return Ok(Root::Block(BlockSpec::Other(v.to_string())));
+            }
+            return Ok(Root::Block(make(unescape_udev(s))));
+        }
+    }
+    if let Some(n) = v.strip_prefix("/dev/block/") {
+        if let Some(d) = parse_devnum(n) {
+            return Ok(Root::Block(d));
+        }
+    }
+    if let Some(name) = v.strip_prefix("/dev/") {
+        // /dev/NAME only: deeper paths (/dev/mapper/x, /dev/disk/by-path/...) are udev's.
+        if !name.is_empty() && !name.contains('/') {
+            return Ok(Root::Block(BlockSpec::Path(v.to_string())));
+        }
+        return Ok(Root::Block(BlockSpec::Other(v.to_string())));
+    }
+    Ok(Root::Block(
+        parse_devnum(v).unwrap_or_else(|| BlockSpec::Other(v.to_string())),
+    ))
+}
+
+/// `MAJ:MIN` in decimal.
+fn parse_devnum(v: &str) -> Option<BlockSpec> {
+    let (ma, mi) = v.split_once(':')?;
+    let num = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u32>().ok())
+            .flatten()
     };
-    Ok(Root::Block(spec))
+    Some(BlockSpec::DevNum(num(ma)?, num(mi)?))
+}
+
+/// udev's `\xHH` escapes in /dev/disk/by-* names (a space in a label is `\x20`).
+fn unescape_udev(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && b.get(i + 1) == Some(&b'x') {
+            if let Some(v) = b
+                .get(i + 2..i + 4)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `TAG` or `none`. virtiofs tags are at most 36 bytes (the device's tag field).
-fn parse_tag(v: Option<&str>) -> Result<Option<String>, String> {
+fn parse_share(v: Option<&str>) -> Result<ShareChoice, String> {
     match v {
-        Some("none") => Ok(None),
-        Some(t) if !t.is_empty() && t.len() <= 36 => Ok(Some(t.to_string())),
+        Some("none") => Ok(ShareChoice::Off),
+        Some(t) if !t.is_empty() && t.len() <= 36 => Ok(ShareChoice::Tag(t.to_string())),
         Some(t) if !t.is_empty() => Err(format!(
             "tag {t:?} is longer than the 36 bytes virtiofs allows, ignored"
         )),
@@ -355,8 +526,9 @@ mod tests {
             Some("/nix/store/abc-nixos-system-x/init")
         );
         assert_eq!(o.root, Root::Tmpfs);
-        assert_eq!(o.store_tag.as_deref(), Some("store"));
-        assert_eq!(o.modules_tag.as_deref(), Some("modules"));
+        assert_eq!(o.store, ShareChoice::Default);
+        assert_eq!(o.modules, ShareChoice::Default);
+        assert!(!o.store_overlay);
         assert_eq!(o.timeout, Duration::from_secs(30));
         assert_eq!(o.emergency, Emergency::PowerOff);
         assert_eq!(o.tmpfs_size, "50%");
@@ -416,7 +588,7 @@ mod tests {
         assert_eq!(o.init.as_deref(), Some("/b"));
         assert_eq!(o.read_only, Some(false));
         assert_eq!(o.timeout, Duration::from_secs(7));
-        assert_eq!(o.store_tag.as_deref(), Some("y"));
+        assert_eq!(o.store, ShareChoice::Tag("y".into()));
         assert_eq!(o.emergency, Emergency::Halt);
     }
 
@@ -431,7 +603,7 @@ mod tests {
         assert_eq!(o.init, None);
         assert_eq!(o.root, Root::Tmpfs);
         assert_eq!(o.tmpfs_size, "50%");
-        assert_eq!(o.store_tag.as_deref(), Some("store"));
+        assert_eq!(o.store, ShareChoice::Default);
         assert_eq!(o.read_only, None);
         assert!(!o.debug);
         assert_eq!(o.warnings.len(), 9, "{:#?}", o.warnings);
@@ -478,8 +650,31 @@ mod tests {
         );
         assert_eq!(
             parse("root=08:01").root,
-            Root::Block(BlockSpec::Other("08:01".into()))
+            Root::Block(BlockSpec::DevNum(8, 1))
         );
+        assert_eq!(
+            parse("root=/dev/block/254:1").root,
+            Root::Block(BlockSpec::DevNum(254, 1))
+        );
+        assert_eq!(
+            parse("root=PARTLABEL=root").root,
+            Root::Block(BlockSpec::PartLabel("root".into()))
+        );
+        for other in [
+            "0801",
+            "/dev/mapper/vg-root",
+            "PARTUUID=ab-01/PARTNROFF=1",
+            "8:x",
+        ] {
+            assert_eq!(
+                parse(&format!("root={other}")).root,
+                Root::Block(BlockSpec::Other(other.into())),
+                "{other}"
+            );
+        }
+        // An empty LABEL= is a warning, not a root.
+        let o = parse("root=LABEL=");
+        assert_eq!((o.root, o.warnings.len()), (Root::Tmpfs, 1));
         assert_eq!(parse("root=LABEL=nixos").root.to_string(), "LABEL=nixos");
     }
 
@@ -491,8 +686,8 @@ mod tests {
         );
         assert_eq!(o.timeout, Duration::from_secs(3));
         assert_eq!(o.emergency, Emergency::Shell);
-        assert_eq!(o.store_tag.as_deref(), Some("nix"));
-        assert_eq!(o.modules_tag, None);
+        assert_eq!(o.store, ShareChoice::Tag("nix".into()));
+        assert_eq!(o.modules, ShareChoice::Off);
         assert_eq!(o.tmpfs_size, "2G");
         assert_eq!(o.rootfstype.as_deref(), Some("ext4"));
         assert_eq!(o.rootflags.as_deref(), Some("noatime"));
@@ -500,8 +695,10 @@ mod tests {
         assert!(o.warnings.is_empty(), "{:?}", o.warnings);
         assert!(parse("rd.debug").debug);
         assert!(!parse("rd.debug nixboot.debug=0").debug);
-        assert_eq!(parse("nixboot.store=none").store_tag, None);
-        assert_eq!(parse("rd.timeout=0").timeout, Duration::ZERO);
+        assert_eq!(parse("nixboot.store=none").store, ShareChoice::Off);
+        // dracut: 0 is no bound at all.
+        assert_eq!(parse("rd.timeout=0").timeout, Duration::MAX);
+        assert_eq!(describe_timeout(Duration::MAX), "no bound");
         assert_eq!(
             parse("rd.timeout=18446744073709551615").timeout,
             Duration::from_secs(u64::MAX)
@@ -523,7 +720,64 @@ mod tests {
     fn long_tags_are_refused() {
         let long = "x".repeat(37);
         let o = parse(&format!("nixboot.store={long}"));
-        assert_eq!(o.store_tag.as_deref(), Some("store"));
+        assert_eq!(o.store, ShareChoice::Default);
         assert_eq!(o.warnings.len(), 1);
+    }
+
+    #[test]
+    fn udev_links_are_read_as_what_they_stand_for() {
+        assert_eq!(
+            parse("root=/dev/disk/by-label/my\\x20root").root,
+            Root::Block(BlockSpec::Label("my root".into()))
+        );
+        assert_eq!(
+            parse("root=/dev/disk/by-uuid/0a1b-2c3d").root,
+            Root::Block(BlockSpec::Uuid("0a1b-2c3d".into()))
+        );
+        assert_eq!(
+            parse("root=/dev/disk/by-partuuid/1234abcd-01").root,
+            Root::Block(BlockSpec::PartUuid("1234abcd-01".into()))
+        );
+        assert_eq!(
+            parse("root=/dev/disk/by-partlabel/nixos").root,
+            Root::Block(BlockSpec::PartLabel("nixos".into()))
+        );
+        assert_eq!(
+            parse("root=/dev/disk/by-path/pci-0000:00:04.0").root,
+            Root::Block(BlockSpec::Other(
+                "/dev/disk/by-path/pci-0000:00:04.0".into()
+            ))
+        );
+        assert_eq!(unescape_udev("a\\x2fb\\xzz\\"), "a/b\\xzz\\");
+    }
+
+    #[test]
+    fn dracut_shell_and_blacklist() {
+        assert_eq!(parse("rd.shell").emergency, Emergency::Shell);
+        assert_eq!(parse("rd.shell=1").emergency, Emergency::Shell);
+        assert_eq!(parse("rd.shell rd.shell=0").emergency, Emergency::PowerOff);
+        assert_eq!(
+            parse("rd.emergency=reboot rd.shell=0").emergency,
+            Emergency::Reboot
+        );
+        assert_eq!(parse("rd.shell=maybe").warnings.len(), 1);
+        // A list option adds up instead of the last one winning (as in dracut).
+        let o = parse("rd.driver.blacklist=virtio-blk,fuse rd.driver.blacklist=overlay");
+        assert_eq!(o.driver_blacklist, ["virtio_blk", "fuse", "overlay"]);
+        assert_eq!(parse("rd.driver.blacklist").warnings.len(), 1);
+    }
+
+    #[test]
+    fn store_overlay_and_unknown_nixboot_keys() {
+        assert!(parse("nixboot.store_overlay").store_overlay);
+        assert!(!parse("nixboot.store_overlay nixboot.store_overlay=0").store_overlay);
+        let o = parse("nixboot.stroe=x nixboot.store_overlay=sometimes");
+        assert_eq!(o.warnings.len(), 2, "{:?}", o.warnings);
+        assert!(o.warnings[0].starts_with("nixboot.stroe: unknown option"));
+        assert!(o.warnings[0].contains("nixboot.store,"));
+        // Other namespaces belong to the kernel, systemd, dracut: no warning.
+        assert!(parse("rd.luks.uuid=x systemd.log_level=debug")
+            .warnings
+            .is_empty());
     }
 }

@@ -99,7 +99,14 @@ pub fn fail(f: Failure) -> ! {
         let lead = if i == 0 { "FAILED: " } else { "  " };
         report::log(f.step, &format!("{lead}{line}"));
     }
-    for (label, text) in [("tried", &f.tried), ("check", &f.check)] {
+    // Every failure says what to check, even one no step expects.
+    let fallback = Some("the kernel log (dmesg) and the lines above".to_string());
+    let check = if f.check.is_some() {
+        &f.check
+    } else {
+        &fallback
+    };
+    for (label, text) in [("tried", &f.tried), ("check", check)] {
         if let Some(text) = text {
             for line in text.lines() {
                 report::log(f.step, &format!("  {label}: {line}"));
@@ -134,6 +141,14 @@ fn act(a: Emergency) -> ! {
                 &format!("starting {SHELL}; leaving it powers off"),
             );
             let mut shell = std::process::Command::new(SHELL);
+            // A clean environment: the kernel hands PID 1 every unknown key=value of the
+            // command line, which is no business of the shell's.
+            shell.env_clear().envs([
+                ("HOME", "/"),
+                ("TERM", "linux"),
+                ("PATH", "/bin:/sbin:/usr/bin:/usr/sbin"),
+                ("PS1", "nixboot# "),
+            ]);
             // Its own session with the console as controlling tty: job control and Ctrl-C
             // work in the shell and do not reach PID 1.
             // SAFETY: the closure runs between fork and exec and only makes two syscalls.

@@ -36,10 +36,13 @@ pub fn check_kernel_version(expected: Option<&str>) {
 
 /// Loads one module.
 pub fn load(name: &str, path: &str, params: &str) -> Result<Loaded, Failure> {
+    // Every check ends with the way around a module the boot may not need.
     let fail = |error: String, check: &str| {
         Failure::new(STEP, error)
             .tried(format!("finit_module({path}, {params:?})"))
-            .check(check.to_string())
+            .check(format!(
+                "{check}\nif the boot does not need {name}: rd.driver.blacklist={name}"
+            ))
     };
     let params_c = CString::new(params).map_err(|_| {
         fail(
@@ -51,7 +54,8 @@ pub fn load(name: &str, path: &str, params: &str) -> Result<Loaded, Failure> {
         rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).map_err(|e| {
             fail(
                 format!("module {name}: cannot open {path}: {}", errno(e)),
-                "the module list in /etc/nixboot/initrd.json against the files mkinitrd packed",
+                "the module list in /etc/nixboot/initrd.json against the files mkinitrd packed \
+             (mkinitrd inspect INITRD); rebuild the initrd",
             )
         })?;
     match rustix::system::finit_module(&fd, &params_c, 0) {

@@ -29,6 +29,9 @@ fn mount_flags(f: Flags) -> MountFlags {
         (f.nosuid, MountFlags::NOSUID),
         (f.nodev, MountFlags::NODEV),
         (f.noexec, MountFlags::NOEXEC),
+        (f.noatime, MountFlags::NOATIME),
+        (f.nodiratime, MountFlags::NODIRATIME),
+        (f.strictatime, MountFlags::STRICTATIME),
     ] {
         if set {
             m |= flag;
@@ -111,4 +114,33 @@ pub fn filesystem_known(fstype: &str) -> Option<bool> {
         list.lines()
             .any(|l| l.split_whitespace().last() == Some(fstype)),
     )
+}
+
+/// The store overlay: `upper` and `work` are created (on the upper tmpfs), then
+/// `mount -t overlay -o lowerdir=,upperdir=,workdir= overlay TARGET`.
+pub fn mount_overlay(
+    step: &'static str,
+    target: &str,
+    lower: &str,
+    upper: &str,
+    work: &str,
+) -> Result<(), Failure> {
+    if filesystem_known("overlay") == Some(false) {
+        return Err(Failure::new(step, "the kernel has no overlay filesystem")
+            .tried("looked for overlay in /proc/filesystems")
+            .check(
+                "put the overlay module in the initrd (mkinitrd --module overlay), or drop \
+                 nixboot.store_overlay",
+            ));
+    }
+    for dir in [upper, work, target] {
+        if let Err((d, e)) = mkdir_p(dir) {
+            return Err(Failure::new(
+                step,
+                format!("cannot create {d}: {}", errno(e)),
+            ));
+        }
+    }
+    let data = format!("lowerdir={lower},upperdir={upper},workdir={work}");
+    mount_step(step, "overlay", target, "overlay", Flags::NONE, &data)
 }

@@ -5,30 +5,56 @@
 //!
 //! Decisions, written down once:
 //! - The special filesystems (/dev devtmpfs, /proc, /sys, /run tmpfs) stay MOUNTED and are
-//!   moved into the new root, as NixOS's scripted stage 1 does. stage-2-init.sh then skips
-//!   its own early mounts (it only mounts them when `/proc/1` is missing) and systemd mounts
-//!   the rest (/dev/shm, /dev/pts, ...). /run survives, so `/run/nixboot/timings.json`
-//!   reaches the booted system.
+//!   moved into the new root, as NixOS's scripted stage 1 does, for both closure flavours.
+//!   stage-2-init.sh (and prepare-root, which is the same script) then skips its own early
+//!   mounts (it only mounts them when `/proc/1` is missing) and systemd mounts the rest
+//!   (/dev/shm, /dev/pts, ...). /run survives, so `/run/nixboot/timings.json` and
+//!   prepare-root's `/run/booted-system` reach the booted system.
+//! - Closure flavours: when a `prepare-root` lies beside the next init (NixOS built with the
+//!   systemd initrd: `init` is systemd itself), it is run the way NixOS's systemd initrd runs
+//!   it (`chroot /sysroot $closure/prepare-root` with `IN_NIXOS_SYSTEMD_STAGE1=true`, /run
+//!   shared with the initrd), after the special mounts are in the new root and before the
+//!   switch; then init (systemd) is exec'd. Without one, init is the stage-2 script and is
+//!   exec'd directly.
 //! - The next init gets argv = [init path] + the words after `--`, and exactly the
 //!   environment the kernel gives an init it starts itself: `HOME=/` and `TERM=linux`.
 //!   Nothing else is inherited (NixOS's stage 1 uses `env -i`; the kernel also turns unknown
 //!   `key=value` parameters into environment variables of /init, which we drop).
-//! - The root is mounted read-write unless the command line says `ro`; with `ro` it is
-//!   remounted read-only right before the switch, once every mount point in it exists
-//!   (store, modules, /dev, /proc, /sys, /run). NixOS's stage 2 remounts / read-write.
+//! - The root is mounted read-write unless the command line says `ro` (NixOS's stage 2
+//!   remounts / read-write anyway, so rw saves a remount). A block root with `ro` is mounted
+//!   read-only from the start (nothing is written to the disk, not even a journal replay); a
+//!   tmpfs or virtiofs root is remounted read-only right before the switch, once every mount
+//!   point in it exists (store, modules, /dev, /proc, /sys, /run).
+//! - `rootflags=` is read as mount(8) reads `-o`: per-mount flags (`noatime`, `nosuid`, ...)
+//!   become mount flags, the rest goes to the filesystem (mount(2) refuses such flags in the
+//!   data string).
+//! - Shares by kind of root, unless `nixboot.store=` / `nixboot.modules=` say otherwise:
+//!   tmpfs root: store `store`, modules `modules` (neither when the initrd carries the
+//!   store); virtiofs root: store `store`, modules `modules`; block root: none (the disk
+//!   carries its system).
+//! - An embedded store (`mkinitrd --embed-store`) is copied into a tmpfs root file by file,
+//!   each source unlinked once copied, so memory peaks near one copy; other roots ignore it.
 //! - virtiofs shares are waited for and mounted in one step: on kernels without
-//!   /sys/fs/virtiofs (6.1) the only way to know a tag is there is to mount it.
+//!   /sys/fs/virtiofs (6.1) the only way to know a tag is there is to mount it. Block roots
+//!   are waited for (sysfs + superblocks) and mounted in two steps, timed apart.
+//! - Timings are kept in memory and written after the switch, into the /run the booted
+//!   system sees, so they cover every phase up to the exec.
 
-use crate::cmdline::{Options, Root};
+use crate::cmdline::{BlockSpec, Options, Root, DEFAULT_MODULES_TAG, DEFAULT_STORE_TAG};
 use initrd_config::InitrdConfig;
 use std::time::Duration;
 
 /// Where the new root is assembled before the switch.
 pub const NEW_ROOT: &str = "/sysroot";
-/// Where phase timings are written (moved into the new root with /run).
+/// Where phase timings are written (in the new root, after the switch).
 pub const TIMINGS_PATH: &str = "/run/nixboot/timings.json";
 /// Environment of the next init (see the module documentation).
 pub const NEXT_INIT_ENV: &[(&str, &str)] = &[("HOME", "/"), ("TERM", "linux")];
+/// What NixOS's systemd initrd sets for prepare-root (boot/systemd/initrd.nix).
+pub const PREPARE_ROOT_ENV: (&str, &str) = ("IN_NIXOS_SYSTEMD_STAGE1", "true");
+/// Mount points of a store overlay, NixOS's names (installer ISO, netboot).
+pub const STORE_LOWER: &str = "/nix/.ro-store";
+pub const STORE_UPPER: &str = "/nix/.rw-store";
 
 /// Mount flags the plan uses (a subset of MS_*; kept independent of the syscall crate).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,6 +63,9 @@ pub struct Flags {
     pub nosuid: bool,
     pub nodev: bool,
     pub noexec: bool,
+    pub noatime: bool,
+    pub nodiratime: bool,
+    pub strictatime: bool,
 }
 
 impl Flags {
@@ -45,11 +74,65 @@ impl Flags {
         nosuid: false,
         nodev: false,
         noexec: false,
+        noatime: false,
+        nodiratime: false,
+        strictatime: false,
     };
     pub const RO: Flags = Flags {
         read_only: true,
         ..Flags::NONE
     };
+}
+
+/// Splits mount(8)-style options into per-mount flags and the filesystem's data string.
+/// `ro`/`rw` are returned apart (`None` when absent) so the caller can let the command
+/// line's `ro`/`rw` win. Options that only restate a default (`defaults`, `relatime`,
+/// `suid`, `dev`, `exec`, `atime`, `diratime`) are dropped: mount(2) refuses them as data.
+pub fn split_mount_options(s: &str) -> (Flags, Option<bool>, String) {
+    let mut f = Flags::NONE;
+    let mut ro = None;
+    let mut data: Vec<&str> = Vec::new();
+    for o in s.split(',').filter(|o| !o.is_empty()) {
+        match o {
+            "ro" => ro = Some(true),
+            "rw" => ro = Some(false),
+            "nosuid" => f.nosuid = true,
+            "nodev" => f.nodev = true,
+            "noexec" => f.noexec = true,
+            "noatime" => f.noatime = true,
+            "nodiratime" => f.nodiratime = true,
+            "strictatime" => f.strictatime = true,
+            "suid" => f.nosuid = false,
+            "dev" => f.nodev = false,
+            "exec" => f.noexec = false,
+            "atime" => f.noatime = false,
+            "diratime" => f.nodiratime = false,
+            "defaults" | "relatime" => {}
+            other => data.push(other),
+        }
+    }
+    (f, ro, data.join(","))
+}
+
+/// `mount -o` style text of flags + data, for messages.
+pub fn options(flags: Flags, data: &str) -> String {
+    let mut o = vec![if flags.read_only { "ro" } else { "rw" }];
+    for (set, name) in [
+        (flags.nosuid, "nosuid"),
+        (flags.nodev, "nodev"),
+        (flags.noexec, "noexec"),
+        (flags.noatime, "noatime"),
+        (flags.nodiratime, "nodiratime"),
+        (flags.strictatime, "strictatime"),
+    ] {
+        if set {
+            o.push(name);
+        }
+    }
+    if !data.is_empty() {
+        o.push(data);
+    }
+    o.join(",")
 }
 
 /// One early mount, done before anything else (even before the console exists).
@@ -117,6 +200,10 @@ pub const EARLY_MOUNTS: &[EarlyMount] = &[
 pub enum Role {
     Root,
     Store,
+    /// The tmpfs holding the upper layer of a store overlay.
+    StoreUpper,
+    /// The overlay itself on /nix/store.
+    StoreOverlay,
     Modules,
 }
 
@@ -125,6 +212,8 @@ impl Role {
         match self {
             Role::Root => "mount-root",
             Role::Store => "mount-store",
+            Role::StoreUpper => "mount-store-upper",
+            Role::StoreOverlay => "mount-store-overlay",
             Role::Modules => "mount-modules",
         }
     }
@@ -157,20 +246,48 @@ pub enum Step {
         data: String,
         timeout: Duration,
     },
+    /// Wait (bounded) until a block device matching `spec` shows up in /sys/class/block.
+    /// The device found is what the next [`Step::MountBlock`] mounts.
+    WaitBlock {
+        role: Role,
+        spec: BlockSpec,
+        timeout: Duration,
+    },
+    /// Mount the device found by the [`Step::WaitBlock`] before it. `fstypes` empty: the
+    /// type is read from the superblock; else they are tried in order (`rootfstype=a,b`).
+    MountBlock {
+        role: Role,
+        target: String,
+        fstypes: Vec<String>,
+        flags: Flags,
+        data: String,
+    },
+    /// Bring the store packed in the initramfs into the new root (copy, unlink each source).
+    CopyEmbeddedStore { from: String, to: String },
+    /// overlay on `target`: `lower` read-only, `upper`/`work` created on the upper tmpfs.
+    MountOverlay {
+        role: Role,
+        target: String,
+        lower: String,
+        upper: String,
+        work: String,
+    },
     /// `mount -o remount,ro` (the `ro` command-line flag).
     RemountReadOnly { target: String },
     /// Refuse to switch unless the next init exists in the new root: after the switch the
     /// initramfs is gone and nothing can be repaired.
     CheckInit { new_root: String, path: String },
-    /// Write the phase timings (into /run, which moves with the switch).
-    WriteTimings { path: String },
     /// Move /dev, /proc, /sys, /run into the new root.
     MoveSpecialMounts {
         new_root: String,
         mounts: Vec<String>,
     },
+    /// Run `prepare-root` beside `init` in the new root, when there is one.
+    PrepareRoot { new_root: String, init: String },
     /// Free the initramfs, make the new root `/`.
     SwitchRoot { new_root: String },
+    /// Write the phase timings (after the switch: into the booted system's /run).
+    WriteTimings { path: String },
 }
 
 impl Step {
@@ -178,16 +295,25 @@ impl Step {
     pub fn name(&self) -> &'static str {
         match self {
             Step::LoadModule { .. } => "load-module",
-            Step::Mount { role, .. } | Step::MountVirtiofs { role, .. } => role.step_name(),
+            Step::Mount { role, .. }
+            | Step::MountVirtiofs { role, .. }
+            | Step::MountBlock { role, .. }
+            | Step::MountOverlay { role, .. } => role.step_name(),
+            Step::WaitBlock { role, .. } => match role {
+                Role::Root => "wait-root",
+                _ => "wait-device",
+            },
+            Step::CopyEmbeddedStore { .. } => "copy-store",
             Step::RemountReadOnly { .. } => "remount-root-ro",
             Step::CheckInit { .. } => "check-init",
-            Step::WriteTimings { .. } => "write-timings",
             Step::MoveSpecialMounts { .. } => "move-mounts",
+            Step::PrepareRoot { .. } => "prepare-root",
             Step::SwitchRoot { .. } => "switch-root",
+            Step::WriteTimings { .. } => "write-timings",
         }
     }
 
-    /// A one-line description for the debug dump of the plan and the timings.
+    /// A one-line description for the debug dump of the plan.
     pub fn describe(&self) -> String {
         match self {
             Step::LoadModule { name, path, params } if params.is_empty() => {
@@ -213,37 +339,50 @@ impl Step {
                 timeout,
                 ..
             } => format!(
-                "virtiofs tag {tag} on {target} ({}), waiting up to {}s",
+                "virtiofs tag {tag} on {target} ({}), waiting up to {}",
                 options(*flags, data),
-                timeout.as_secs()
+                crate::cmdline::describe_timeout(*timeout)
             ),
+            Step::WaitBlock { spec, timeout, .. } => format!(
+                "block device {}, waiting up to {}",
+                Root::Block(spec.clone()),
+                crate::cmdline::describe_timeout(*timeout)
+            ),
+            Step::MountBlock {
+                target,
+                fstypes,
+                flags,
+                data,
+                ..
+            } => format!(
+                "that device on {target} type {} ({})",
+                if fstypes.is_empty() {
+                    "from its superblock".to_string()
+                } else {
+                    fstypes.join(" or ")
+                },
+                options(*flags, data)
+            ),
+            Step::CopyEmbeddedStore { from, to } => format!("{from} -> {to}"),
+            Step::MountOverlay {
+                target,
+                lower,
+                upper,
+                work,
+                ..
+            } => format!("overlay on {target} (lower {lower}, upper {upper}, work {work})"),
             Step::RemountReadOnly { target } => format!("{target} read-only"),
             Step::CheckInit { new_root, path } => format!("{path} in {new_root}"),
-            Step::WriteTimings { path } => path.clone(),
             Step::MoveSpecialMounts { new_root, mounts } => {
                 format!("{} -> {new_root}", mounts.join(" "))
             }
+            Step::PrepareRoot { new_root, init } => {
+                format!("prepare-root beside {init} in {new_root}, if any")
+            }
             Step::SwitchRoot { new_root } => format!("{new_root} becomes /"),
+            Step::WriteTimings { path } => path.clone(),
         }
     }
-}
-
-/// `mount -o` style text of flags + data, for messages.
-pub fn options(flags: Flags, data: &str) -> String {
-    let mut o = vec![if flags.read_only { "ro" } else { "rw" }];
-    if flags.nosuid {
-        o.push("nosuid");
-    }
-    if flags.nodev {
-        o.push("nodev");
-    }
-    if flags.noexec {
-        o.push("noexec");
-    }
-    if !data.is_empty() {
-        o.push(data);
-    }
-    o.join(",")
 }
 
 /// What to exec once the new root is `/`.
@@ -298,34 +437,51 @@ pub fn build(opts: &Options, config: &InitrdConfig) -> Result<Plan, PlanError> {
         }
     };
 
-    let mut steps: Vec<Step> = config
-        .modules
-        .iter()
-        .map(|m| Step::LoadModule {
+    let mut steps = Vec::new();
+    for m in &config.modules {
+        if opts.driver_blacklist.contains(&m.name) {
+            notes.push(format!("not loading {}: rd.driver.blacklist", m.name));
+            continue;
+        }
+        steps.push(Step::LoadModule {
             name: m.name.clone(),
             path: m.path.clone(),
             params: m.params.clone(),
-        })
-        .collect();
+        });
+    }
+    for b in &opts.driver_blacklist {
+        if !config.modules.iter().any(|m| m.name == *b) {
+            notes.push(format!(
+                "rd.driver.blacklist={b}: the initrd does not list this module"
+            ));
+        }
+    }
 
-    let rootflags = opts.rootflags.as_deref().unwrap_or("");
+    let (mut flags, flags_ro, data) = split_mount_options(opts.rootflags.as_deref().unwrap_or(""));
+    // The command line's ro/rw wins over an ro/rw inside rootflags=.
+    let read_only = opts.read_only.or(flags_ro).unwrap_or(false);
+    let with = |base: &str| match (base.is_empty(), data.is_empty()) {
+        (_, true) => base.to_string(),
+        (true, false) => data.clone(),
+        (false, false) => format!("{base},{data}"),
+    };
+    let is_tmpfs = opts.root == Root::Tmpfs;
+    let embedded = config
+        .embedded_store
+        .as_deref()
+        .filter(|_| is_tmpfs && opts.store == crate::cmdline::ShareChoice::Default);
     match &opts.root {
         Root::Tmpfs => {
             if let Some(t) = opts.rootfstype.as_deref().filter(|t| *t != "tmpfs") {
                 notes.push(format!("rootfstype={t} ignored: root=tmpfs"));
-            }
-            let mut data = format!("mode=0755,size={}", opts.tmpfs_size);
-            if !rootflags.is_empty() {
-                data.push(',');
-                data.push_str(rootflags);
             }
             steps.push(Step::Mount {
                 role: Role::Root,
                 source: "tmpfs".into(),
                 target: NEW_ROOT.into(),
                 fstype: "tmpfs".into(),
-                flags: Flags::NONE,
-                data,
+                flags,
+                data: with(&format!("mode=0755,size={}", opts.tmpfs_size)),
             });
         }
         Root::Virtiofs(tag) => {
@@ -336,55 +492,145 @@ pub fn build(opts: &Options, config: &InitrdConfig) -> Result<Plan, PlanError> {
                 role: Role::Root,
                 tag: tag.clone(),
                 target: NEW_ROOT.into(),
-                flags: Flags::NONE,
-                data: rootflags.into(),
+                flags,
+                data: data.clone(),
                 timeout: opts.timeout,
             });
         }
         Root::Block(spec) => {
-            let root = Root::Block(spec.clone());
-            return Err(PlanError {
-                error: format!("root={root}: block device roots are not supported yet"),
-                check: "use root=tmpfs (store over virtiofs) or root=virtiofs:TAG".into(),
+            if let BlockSpec::Other(v) = spec {
+                return Err(PlanError {
+                    error: format!("root={v}: this form of root= is not supported"),
+                    check: "use root=/dev/NAME, LABEL=, UUID=, PARTUUID=, PARTLABEL=, MAJ:MIN, \
+                            /dev/disk/by-{label,uuid,partuuid,partlabel}/..., tmpfs or \
+                            virtiofs:TAG (there is no udev in this initrd, so no other \
+                            /dev/disk or /dev/mapper names)"
+                        .into(),
+                });
+            }
+            flags.read_only = read_only;
+            steps.push(Step::WaitBlock {
+                role: Role::Root,
+                spec: spec.clone(),
+                timeout: opts.timeout,
+            });
+            steps.push(Step::MountBlock {
+                role: Role::Root,
+                target: NEW_ROOT.into(),
+                fstypes: opts
+                    .rootfstype
+                    .as_deref()
+                    .unwrap_or("")
+                    .split(',')
+                    .filter(|t| !t.is_empty() && *t != "auto")
+                    .map(str::to_string)
+                    .collect(),
+                flags,
+                data: data.clone(),
             });
         }
     }
+    if let Some(e) = config.embedded_store.as_deref() {
+        if embedded.is_none() {
+            notes.push(format!(
+                "the initrd carries a store ({e}), not used: {}",
+                if is_tmpfs {
+                    "nixboot.store= names a share"
+                } else {
+                    "only a tmpfs root takes it"
+                }
+            ));
+        }
+    }
+    if let Some(from) = embedded {
+        steps.push(Step::CopyEmbeddedStore {
+            from: from.to_string(),
+            to: format!("{NEW_ROOT}{from}"),
+        });
+    }
 
-    for (role, tag, dir) in [
-        (Role::Store, &opts.store_tag, "/nix/store"),
-        (Role::Modules, &opts.modules_tag, "/lib/modules"),
-    ] {
-        if let Some(tag) = tag {
+    let (store_default, modules_default) = match &opts.root {
+        Root::Tmpfs if embedded.is_some() => (None, None),
+        Root::Tmpfs | Root::Virtiofs(_) => (Some(DEFAULT_STORE_TAG), Some(DEFAULT_MODULES_TAG)),
+        Root::Block(_) => (None, None),
+    };
+    let store_tag = opts.store.resolve(store_default);
+    match (&store_tag, opts.store_overlay) {
+        (Some(tag), true) => {
+            let lower = format!("{NEW_ROOT}{STORE_LOWER}");
+            let upper = format!("{NEW_ROOT}{STORE_UPPER}");
             steps.push(Step::MountVirtiofs {
-                role,
+                role: Role::Store,
                 tag: tag.clone(),
-                target: format!("{NEW_ROOT}{dir}"),
+                target: lower.clone(),
                 flags: Flags::RO,
                 data: String::new(),
                 timeout: opts.timeout,
             });
+            steps.push(Step::Mount {
+                role: Role::StoreUpper,
+                source: "tmpfs".into(),
+                target: upper.clone(),
+                fstype: "tmpfs".into(),
+                flags: Flags::NONE,
+                data: format!("mode=0755,size={}", opts.tmpfs_size),
+            });
+            steps.push(Step::MountOverlay {
+                role: Role::StoreOverlay,
+                target: format!("{NEW_ROOT}/nix/store"),
+                lower,
+                upper: format!("{upper}/store"),
+                work: format!("{upper}/work"),
+            });
         }
+        (Some(tag), false) => steps.push(Step::MountVirtiofs {
+            role: Role::Store,
+            tag: tag.clone(),
+            target: format!("{NEW_ROOT}/nix/store"),
+            flags: Flags::RO,
+            data: String::new(),
+            timeout: opts.timeout,
+        }),
+        (None, true) => notes.push(
+            "nixboot.store_overlay ignored: no store share to lay the overlay on".to_string(),
+        ),
+        (None, false) => {}
+    }
+    if let Some(tag) = opts.modules.resolve(modules_default) {
+        steps.push(Step::MountVirtiofs {
+            role: Role::Modules,
+            tag,
+            target: format!("{NEW_ROOT}/lib/modules"),
+            flags: Flags::RO,
+            data: String::new(),
+            timeout: opts.timeout,
+        });
     }
 
     steps.push(Step::CheckInit {
         new_root: NEW_ROOT.into(),
         path: init.clone(),
     });
-    steps.push(Step::WriteTimings {
-        path: TIMINGS_PATH.into(),
-    });
     steps.push(Step::MoveSpecialMounts {
         new_root: NEW_ROOT.into(),
         mounts: EARLY_MOUNTS.iter().map(|m| m.target.to_string()).collect(),
     });
-    // Last, once every mount point in it (including /dev, /proc, /sys, /run) exists.
-    if opts.read_only == Some(true) {
+    steps.push(Step::PrepareRoot {
+        new_root: NEW_ROOT.into(),
+        init: init.clone(),
+    });
+    // Last, once every mount point in it (including /dev, /proc, /sys, /run) exists and
+    // prepare-root has written its /etc. A block root was mounted read-only already.
+    if read_only && !matches!(opts.root, Root::Block(_)) {
         steps.push(Step::RemountReadOnly {
             target: NEW_ROOT.into(),
         });
     }
     steps.push(Step::SwitchRoot {
         new_root: NEW_ROOT.into(),
+    });
+    steps.push(Step::WriteTimings {
+        path: TIMINGS_PATH.into(),
     });
 
     let mut argv = vec![init.clone()];
@@ -401,6 +647,17 @@ pub fn build(opts: &Options, config: &InitrdConfig) -> Result<Plan, PlanError> {
         },
         notes,
     })
+}
+
+/// The directory of the closure whose `init` is `init_in_root` (a path in the new root,
+/// symlinks resolved), and where its `prepare-root` would be: NixOS's systemd initrd takes
+/// `dirname(realpath(init=))` as the closure.
+pub fn prepare_root_path(init_resolved: &str) -> String {
+    let dir = match init_resolved.rfind('/') {
+        Some(0) | None => "",
+        Some(i) => &init_resolved[..i],
+    };
+    format!("{dir}/prepare-root")
 }
 
 #[cfg(test)]
@@ -421,6 +678,13 @@ mod tests {
         "fuse",
         "virtiofs",
     ];
+    const TAIL: [&str; 5] = [
+        "check-init",
+        "move-mounts",
+        "prepare-root",
+        "switch-root",
+        "write-timings",
+    ];
 
     fn config(modules: &[&str], default_init: Option<&str>) -> InitrdConfig {
         InitrdConfig {
@@ -438,23 +702,27 @@ mod tests {
         }
     }
 
+    fn embedded() -> InitrdConfig {
+        InitrdConfig {
+            embedded_store: Some("/nix/store".into()),
+            ..config(&[], None)
+        }
+    }
+
     fn names(plan: &Plan) -> Vec<&'static str> {
         plan.steps.iter().map(Step::name).collect()
     }
 
+    fn plan_of(cmdline: &str, config: &InitrdConfig) -> Plan {
+        build(&parse(cmdline), config).unwrap()
+    }
+
     #[test]
     fn seed_command_line_with_modules() {
-        let plan = build(&parse(SEED), &config(MODULES, None)).unwrap();
+        let plan = plan_of(SEED, &config(MODULES, None));
         let mut expected = vec!["load-module"; MODULES.len()];
-        expected.extend([
-            "mount-root",
-            "mount-store",
-            "mount-modules",
-            "check-init",
-            "write-timings",
-            "move-mounts",
-            "switch-root",
-        ]);
+        expected.extend(["mount-root", "mount-store", "mount-modules"]);
+        expected.extend(TAIL);
         assert_eq!(names(&plan), expected);
 
         let t30 = Duration::from_secs(30);
@@ -491,17 +759,26 @@ mod tests {
                 timeout: t30,
             }
         );
+        let n = plan.steps.len();
         assert_eq!(
-            plan.steps.last(),
-            Some(&Step::SwitchRoot {
-                new_root: "/sysroot".into()
-            })
-        );
-        assert_eq!(
-            plan.steps[plan.steps.len() - 2],
+            plan.steps[n - 4],
             Step::MoveSpecialMounts {
                 new_root: "/sysroot".into(),
                 mounts: vec!["/dev".into(), "/proc".into(), "/sys".into(), "/run".into()],
+            }
+        );
+        assert_eq!(
+            plan.steps[n - 3],
+            Step::PrepareRoot {
+                new_root: "/sysroot".into(),
+                init: "/nix/store/abc-nixos-system-x/init".into()
+            }
+        );
+        // Timings are written last, after the switch, into the booted system's /run.
+        assert_eq!(
+            plan.steps[n - 1],
+            Step::WriteTimings {
+                path: "/run/nixboot/timings.json".into()
             }
         );
         assert_eq!(plan.exec.path, "/nix/store/abc-nixos-system-x/init");
@@ -519,7 +796,7 @@ mod tests {
     #[test]
     fn modules_come_in_config_order_before_mounts() {
         let order = ["fuse", "virtio", "virtiofs", "zzz", "aaa"];
-        let plan = build(&parse(SEED), &config(&order, None)).unwrap();
+        let plan = plan_of(SEED, &config(&order, None));
         let loaded: Vec<&str> = plan
             .steps
             .iter()
@@ -539,12 +816,30 @@ mod tests {
     }
 
     #[test]
+    fn blacklisted_modules_are_skipped_and_noted() {
+        let plan = plan_of(
+            &format!("{SEED} rd.driver.blacklist=fuse,nosuch"),
+            &config(MODULES, None),
+        );
+        assert_eq!(
+            names(&plan).iter().filter(|n| **n == "load-module").count(),
+            MODULES.len() - 1
+        );
+        assert_eq!(
+            plan.notes,
+            [
+                "not loading fuse: rd.driver.blacklist",
+                "rd.driver.blacklist=nosuch: the initrd does not list this module"
+            ]
+        );
+    }
+
+    #[test]
     fn virtiofs_root_has_no_tmpfs() {
-        let plan = build(
-            &parse("root=virtiofs:rootfs init=/sbin/init rd.timeout=5 rootflags=dax"),
+        let plan = plan_of(
+            "root=virtiofs:rootfs init=/sbin/init rd.timeout=5 rootflags=dax,noatime",
             &config(&[], None),
-        )
-        .unwrap();
+        );
         assert!(!plan
             .steps
             .iter()
@@ -555,7 +850,10 @@ mod tests {
                 role: Role::Root,
                 tag: "rootfs".into(),
                 target: "/sysroot".into(),
-                flags: Flags::NONE,
+                flags: Flags {
+                    noatime: true,
+                    ..Flags::NONE
+                },
                 data: "dax".into(),
                 timeout: Duration::from_secs(5),
             }
@@ -564,22 +862,28 @@ mod tests {
             names(&plan)[..3],
             ["mount-root", "mount-store", "mount-modules"]
         );
+        // A root share that carries its own store.
+        let plan = plan_of(
+            "root=virtiofs:rootfs init=/sbin/init nixboot.store=none nixboot.modules=none",
+            &config(&[], None),
+        );
+        let mut expected = vec!["mount-root"];
+        expected.extend(TAIL);
+        assert_eq!(names(&plan), expected);
     }
 
     #[test]
     fn modules_none_drops_the_modules_mount() {
-        let plan = build(
-            &parse(&format!("{SEED} nixboot.modules=none")),
+        let plan = plan_of(
+            &format!("{SEED} nixboot.modules=none"),
             &config(MODULES, None),
-        )
-        .unwrap();
+        );
         assert!(!names(&plan).contains(&"mount-modules"));
         assert!(names(&plan).contains(&"mount-store"));
-        let plan = build(
-            &parse(&format!("{SEED} nixboot.store=none nixboot.modules=mods")),
+        let plan = plan_of(
+            &format!("{SEED} nixboot.store=none nixboot.modules=mods"),
             &config(&[], None),
-        )
-        .unwrap();
+        );
         assert!(!names(&plan).contains(&"mount-store"));
         assert!(plan.steps.iter().any(
             |s| matches!(s, Step::MountVirtiofs { tag, role: Role::Modules, .. } if tag == "mods")
@@ -597,61 +901,237 @@ mod tests {
 
     #[test]
     fn default_init_is_used_and_noted() {
-        let plan = build(
-            &parse("root=tmpfs -- a b"),
+        let plan = plan_of(
+            "root=tmpfs -- a b",
             &config(&[], Some("/nix/store/x-sys/init")),
-        )
-        .unwrap();
+        );
         assert_eq!(plan.exec.argv, ["/nix/store/x-sys/init", "a", "b"]);
         assert_eq!(plan.notes.len(), 1);
         // init= wins over the default.
-        let plan = build(
-            &parse("init=/nix/store/y/init"),
+        let plan = plan_of(
+            "init=/nix/store/y/init",
             &config(&[], Some("/nix/store/x-sys/init")),
-        )
-        .unwrap();
+        );
         assert_eq!(plan.exec.path, "/nix/store/y/init");
     }
 
     #[test]
-    fn block_roots_are_refused_for_now() {
-        for root in ["LABEL=nixos", "UUID=abcd", "PARTUUID=1-2", "/dev/vda1"] {
-            let e = build(&parse(&format!("root={root} init=/x")), &config(&[], None)).unwrap_err();
-            assert!(e.error.contains(root), "{e}");
-            assert!(e.error.contains("not supported yet"), "{e}");
+    fn block_roots_wait_then_mount_and_share_nothing_by_default() {
+        for (root, spec) in [
+            ("LABEL=nixos", BlockSpec::Label("nixos".into())),
+            ("UUID=abcd", BlockSpec::Uuid("abcd".into())),
+            ("PARTUUID=1-2", BlockSpec::PartUuid("1-2".into())),
+            ("PARTLABEL=root", BlockSpec::PartLabel("root".into())),
+            ("/dev/vda1", BlockSpec::Path("/dev/vda1".into())),
+            ("254:1", BlockSpec::DevNum(254, 1)),
+        ] {
+            let plan = plan_of(
+                &format!("root={root} init=/x rd.timeout=7"),
+                &config(&["virtio_blk"], None),
+            );
+            let mut expected = vec!["load-module", "wait-root", "mount-root"];
+            expected.extend(TAIL);
+            assert_eq!(names(&plan), expected, "{root}");
+            assert_eq!(
+                plan.steps[1],
+                Step::WaitBlock {
+                    role: Role::Root,
+                    spec,
+                    timeout: Duration::from_secs(7)
+                }
+            );
+            assert_eq!(
+                plan.steps[2],
+                Step::MountBlock {
+                    role: Role::Root,
+                    target: "/sysroot".into(),
+                    fstypes: vec![],
+                    flags: Flags::NONE,
+                    data: String::new(),
+                }
+            );
         }
     }
 
     #[test]
-    fn ro_remounts_after_every_mount_point_exists() {
-        let plan = build(
-            &parse(&format!(
-                "{SEED} ro nixboot.tmpfs_size=1G rootflags=nr_inodes=1k"
-            )),
+    fn block_root_options() {
+        let plan = plan_of(
+            "root=/dev/vda1 init=/x ro rootfstype=ext4,btrfs \
+             rootflags=noatime,data=journal,defaults,nosuid,errors=remount-ro",
             &config(&[], None),
-        )
-        .unwrap();
-        let n = names(&plan);
-        let remount = n.iter().position(|s| *s == "remount-root-ro").unwrap();
-        assert!(remount > n.iter().position(|s| *s == "mount-modules").unwrap());
-        assert!(remount > n.iter().position(|s| *s == "move-mounts").unwrap());
+        );
         assert_eq!(
-            remount + 1,
-            n.iter().position(|s| *s == "switch-root").unwrap()
+            plan.steps[1],
+            Step::MountBlock {
+                role: Role::Root,
+                target: "/sysroot".into(),
+                fstypes: vec!["ext4".into(), "btrfs".into()],
+                flags: Flags {
+                    read_only: true,
+                    noatime: true,
+                    nosuid: true,
+                    ..Flags::NONE
+                },
+                data: "data=journal,errors=remount-ro".into(),
+            }
         );
+        // Mounted read-only from the start: no remount before the switch.
+        assert!(!names(&plan).contains(&"remount-root-ro"));
+        // ro inside rootflags counts unless the command line says rw.
+        let ro = |c: &str| {
+            matches!(
+                &plan_of(c, &config(&[], None)).steps[1],
+                Step::MountBlock { flags, .. } if flags.read_only
+            )
+        };
+        assert!(ro("root=/dev/vda init=/x rootflags=ro"));
+        assert!(!ro("root=/dev/vda init=/x rootflags=ro rw"));
+        assert!(!ro("root=/dev/vda init=/x"));
+        // A store share on a block root only when asked for.
+        let plan = plan_of(
+            "root=LABEL=x init=/x nixboot.store=store",
+            &config(&[], None),
+        );
+        assert!(names(&plan).contains(&"mount-store"));
+        assert!(!names(&plan).contains(&"mount-modules"));
+    }
+
+    #[test]
+    fn unsupported_root_forms_are_refused_with_the_forms_that_work() {
+        for root in ["/dev/mapper/vg-root", "0801", "PARTUUID=ab-01/PARTNROFF=1"] {
+            let e = build(&parse(&format!("root={root} init=/x")), &config(&[], None)).unwrap_err();
+            assert!(e.error.contains(root), "{e}");
+            assert!(e.error.contains("not supported"), "{e}");
+            assert!(e.check.contains("LABEL="), "{}", e.check);
+        }
+    }
+
+    #[test]
+    fn embedded_store_is_copied_and_no_share_is_mounted() {
+        let plan = plan_of("root=tmpfs init=/nix/store/x/init", &embedded());
+        let mut expected = vec!["mount-root", "copy-store"];
+        expected.extend(TAIL);
+        assert_eq!(names(&plan), expected);
+        assert_eq!(
+            plan.steps[1],
+            Step::CopyEmbeddedStore {
+                from: "/nix/store".into(),
+                to: "/sysroot/nix/store".into()
+            }
+        );
+        assert!(plan.notes.is_empty(), "{:?}", plan.notes);
+        // A share named on the command line wins; the embedded copy is noted and unused.
+        let plan = plan_of("init=/x nixboot.store=store", &embedded());
+        assert!(!names(&plan).contains(&"copy-store"));
+        assert!(names(&plan).contains(&"mount-store"));
+        assert_eq!(plan.notes.len(), 1, "{:?}", plan.notes);
+        // Only a tmpfs root takes it.
+        let plan = plan_of("root=virtiofs:r init=/x", &embedded());
+        assert!(!names(&plan).contains(&"copy-store"));
         assert!(
-            matches!(&plan.steps[0], Step::Mount { data, .. } if data == "mode=0755,size=1G,nr_inodes=1k")
+            plan.notes[0].contains("only a tmpfs root"),
+            "{:?}",
+            plan.notes
         );
+        // Modules can still come over virtiofs when asked for.
+        let plan = plan_of("init=/x nixboot.modules=modules", &embedded());
+        assert!(names(&plan).contains(&"mount-modules"));
+    }
+
+    #[test]
+    fn store_overlay_layers_a_tmpfs_over_the_share() {
+        let plan = plan_of(
+            &format!("{SEED} nixboot.store_overlay nixboot.tmpfs_size=1G"),
+            &config(&[], None),
+        );
+        let mut expected = vec![
+            "mount-root",
+            "mount-store",
+            "mount-store-upper",
+            "mount-store-overlay",
+            "mount-modules",
+        ];
+        expected.extend(TAIL);
+        assert_eq!(names(&plan), expected);
+        assert!(matches!(&plan.steps[1],
+            Step::MountVirtiofs { target, flags, .. }
+                if target == "/sysroot/nix/.ro-store" && flags.read_only));
+        assert!(matches!(&plan.steps[2],
+            Step::Mount { target, fstype, data, .. }
+                if target == "/sysroot/nix/.rw-store" && fstype == "tmpfs"
+                    && data == "mode=0755,size=1G"));
+        assert_eq!(
+            plan.steps[3],
+            Step::MountOverlay {
+                role: Role::StoreOverlay,
+                target: "/sysroot/nix/store".into(),
+                lower: "/sysroot/nix/.ro-store".into(),
+                upper: "/sysroot/nix/.rw-store/store".into(),
+                work: "/sysroot/nix/.rw-store/work".into(),
+            }
+        );
+        let plan = plan_of(
+            "init=/x nixboot.store=none nixboot.store_overlay",
+            &config(&[], None),
+        );
+        assert!(!names(&plan).iter().any(|n| n.starts_with("mount-store")));
+        assert_eq!(plan.notes.len(), 1);
+    }
+
+    #[test]
+    fn ro_remounts_after_prepare_root() {
+        let plan = plan_of(
+            &format!("{SEED} ro nixboot.tmpfs_size=1G rootflags=nr_inodes=1k,noatime"),
+            &config(&[], None),
+        );
+        let n = names(&plan);
+        let at = |name: &str| n.iter().position(|s| *s == name).unwrap();
+        let remount = at("remount-root-ro");
+        assert!(remount > at("mount-modules"));
+        assert!(remount > at("move-mounts"));
+        assert!(remount > at("prepare-root"));
+        assert_eq!(remount + 1, at("switch-root"));
+        assert!(matches!(&plan.steps[0],
+            Step::Mount { data, flags, .. }
+                if data == "mode=0755,size=1G,nr_inodes=1k" && flags.noatime && !flags.read_only));
     }
 
     #[test]
     fn rootfstype_mismatch_is_noted() {
-        let plan = build(
-            &parse(&format!("{SEED} rootfstype=ext4")),
-            &config(&[], None),
-        )
-        .unwrap();
+        let plan = plan_of(&format!("{SEED} rootfstype=ext4"), &config(&[], None));
         assert_eq!(plan.notes, ["rootfstype=ext4 ignored: root=tmpfs"]);
+    }
+
+    #[test]
+    fn mount_options_are_split_like_mount8() {
+        assert_eq!(split_mount_options(""), (Flags::NONE, None, String::new()));
+        let (f, ro, data) = split_mount_options("ro,noatime,,subvol=@,relatime,compress=zstd");
+        assert_eq!(ro, Some(true));
+        assert!(f.noatime && !f.read_only);
+        assert_eq!(data, "subvol=@,compress=zstd");
+        let (f, ro, _) = split_mount_options("noexec,exec,nodev,rw");
+        assert_eq!(ro, Some(false));
+        assert!(!f.noexec && f.nodev);
+        assert_eq!(
+            options(
+                Flags {
+                    noatime: true,
+                    ..Flags::RO
+                },
+                "x=1"
+            ),
+            "ro,noatime,x=1"
+        );
+    }
+
+    #[test]
+    fn prepare_root_sits_beside_the_resolved_init() {
+        assert_eq!(
+            prepare_root_path("/nix/store/abc-nixos-system-x/init"),
+            "/nix/store/abc-nixos-system-x/prepare-root"
+        );
+        assert_eq!(prepare_root_path("/init"), "/prepare-root");
+        assert_eq!(prepare_root_path("init"), "/prepare-root");
     }
 
     #[test]

@@ -7,64 +7,98 @@ use crate::failure::Failure;
 use crate::mounts;
 use crate::plan::Exec;
 use crate::report::{self, errno};
-use rustix::fd::{AsFd, OwnedFd};
+use rustix::fd::{AsFd, AsRawFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 use std::ffi::CString;
+use std::os::unix::process::CommandExt;
 
 const RAMFS_MAGIC: u64 = 0x8584_58f6;
 const TMPFS_MAGIC: u64 = 0x0102_1994;
 
-/// Checks that the next init exists in the new root and is an executable regular file,
-/// and that the interpreter of a `#!` script exists too. Done before the switch: after it
-/// there is no initramfs left to fall back to.
-pub fn check_init(step: &'static str, new_root: &str, path: &str) -> Result<Vec<String>, Failure> {
-    let mut notes = Vec::new();
-    let root = rustix::fs::open(
+/// Why a file in the new root cannot be exec'd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unusable {
+    Sys(Errno),
+    NotRegular,
+    NotExecutable(u32),
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unusable::Sys(e) => f.write_str(&errno(*e)),
+            Unusable::NotRegular => f.write_str("not a regular file"),
+            Unusable::NotExecutable(mode) => write!(f, "not executable (mode {mode:04o})"),
+        }
+    }
+}
+
+/// Opens the new root as a directory handle for [`open_in_root`].
+pub fn open_root(step: &'static str, new_root: &str) -> Result<OwnedFd, Failure> {
+    rustix::fs::open(
         new_root,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| Failure::new(step, format!("cannot open {new_root}: {}", errno(e))))?;
-    let check = "is the closure in the store share (ls the share's directory on the host)? \
-                 is init= the closure's init (result/boot.json has it)?";
+    .map_err(|e| Failure::new(step, format!("cannot open {new_root}: {}", errno(e))))
+}
+
+/// Checks that the next init exists in the new root and is an executable regular file,
+/// and that its interpreter (`#!` line, or an ELF's PT_INTERP loader) exists too. Done
+/// before the switch: after it there is no initramfs left to fall back to.
+pub fn check_init(step: &'static str, new_root: &str, path: &str) -> Result<Vec<String>, Failure> {
+    let mut notes = Vec::new();
+    let root = open_root(step, new_root)?;
+    let check = "is the closure in the store (the store share's directory on the host, the \
+                 disk, or the initrd's embedded store)? is init= the closure's init \
+                 (result/boot.json has it)?";
     let header = match open_in_root(&root, path) {
         Ok(h) => h,
-        Err(Errno::NOSYS) => {
+        Err(Unusable::Sys(Errno::NOSYS)) => {
             notes.push(format!("cannot check {path} (no openat2 on this kernel)"));
             return Ok(notes);
         }
         Err(e) => {
             return Err(Failure::new(
                 step,
-                format!(
-                    "next init {path} is not usable in the new root: {}",
-                    errno(e)
-                ),
+                format!("next init {path} is not usable in the new root: {e}"),
             )
-            .tried(format!("openat2({new_root}, {path}, RESOLVE_IN_ROOT)"))
+            .tried(format!(
+                "openat2({new_root}, {path}, RESOLVE_IN_ROOT), fstat"
+            ))
             .check(check))
         }
     };
     // The kernel runs ELF files and #! scripts; anything else would fail at execve, after
     // the initramfs is gone.
-    if !header.starts_with(b"\x7fELF") && !header.starts_with(b"#!") {
+    let interp = if header.starts_with(b"\x7fELF") {
+        match crate::elf::interpreter(&header) {
+            crate::elf::Interp::Path(p) => Some(("loader", p)),
+            crate::elf::Interp::None => None,
+            crate::elf::Interp::Unknown => {
+                notes.push(format!(
+                    "could not read {path}'s ELF header to check its loader"
+                ));
+                None
+            }
+        }
+    } else if header.starts_with(b"#!") {
+        shebang(&header).map(|p| ("interpreter", p))
+    } else {
         return Err(Failure::new(
             step,
             format!("next init {path} is neither an ELF executable nor a #! script"),
         )
         .check(check));
-    }
-    if let Some(interp) = shebang(&header) {
+    };
+    if let Some((what, interp)) = interp {
         match open_in_root(&root, &interp) {
-            Ok(_) | Err(Errno::NOSYS) => {}
+            Ok(_) | Err(Unusable::Sys(Errno::NOSYS)) => {}
             Err(e) => {
                 return Err(Failure::new(
                     step,
-                    format!(
-                        "next init {path} is a script whose interpreter {interp} is not usable: {}",
-                        errno(e)
-                    ),
+                    format!("next init {path} needs the {what} {interp}, which is not usable: {e}"),
                 )
                 .check(check))
             }
@@ -74,8 +108,9 @@ pub fn check_init(step: &'static str, new_root: &str, path: &str) -> Result<Vec<
 }
 
 /// Opens `path` with `new_root` as `/` (absolute symlinks inside the store resolve
-/// correctly), requires an executable regular file, returns its first bytes.
-fn open_in_root(root: &OwnedFd, path: &str) -> Result<Vec<u8>, Errno> {
+/// correctly), requires an executable regular file, returns its first bytes (enough for an
+/// ELF's program headers and loader path).
+pub fn open_in_root(root: &OwnedFd, path: &str) -> Result<Vec<u8>, Unusable> {
     let rel = path.trim_start_matches('/');
     let fd = rustix::fs::openat2(
         root,
@@ -83,18 +118,135 @@ fn open_in_root(root: &OwnedFd, path: &str) -> Result<Vec<u8>, Errno> {
         OFlags::RDONLY | OFlags::CLOEXEC,
         Mode::empty(),
         ResolveFlags::IN_ROOT,
-    )?;
-    let st = rustix::fs::fstat(&fd)?;
+    )
+    .map_err(Unusable::Sys)?;
+    let st = rustix::fs::fstat(&fd).map_err(Unusable::Sys)?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-        return Err(Errno::ACCESS);
+        return Err(Unusable::NotRegular);
     }
     if st.st_mode & 0o111 == 0 {
-        return Err(Errno::ACCESS);
+        return Err(Unusable::NotExecutable(st.st_mode & 0o7777));
     }
-    let mut buf = vec![0u8; 256];
-    let n = rustix::io::read(&fd, &mut buf).unwrap_or(0);
-    buf.truncate(n);
+    let mut buf = vec![0u8; 4096];
+    let mut got = 0;
+    while got < buf.len() {
+        match rustix::io::read(&fd, &mut buf[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    buf.truncate(got);
     Ok(buf)
+}
+
+/// Where `path` leads inside the new root, symlinks resolved (NixOS's systemd initrd does
+/// `chroot /sysroot realpath $init`).
+pub fn resolve_in_root(new_root: &str, path: &str) -> Result<String, Errno> {
+    let root = rustix::fs::open(
+        new_root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let fd = rustix::fs::openat2(
+        &root,
+        path.trim_start_matches('/'),
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT,
+    )?;
+    // /proc may already have moved into the new root (prepare-root runs after the move).
+    let link = |proc: &str| format!("{proc}/self/fd/{}", fd.as_raw_fd());
+    let real = rustix::fs::readlink(link("/proc"), Vec::new())
+        .or_else(|_| rustix::fs::readlink(link(&format!("{new_root}/proc")), Vec::new()))?;
+    let real = real.to_string_lossy();
+    let inside = real.strip_prefix(new_root).unwrap_or(&real);
+    Ok(if inside.is_empty() {
+        "/".to_string()
+    } else {
+        inside.to_string()
+    })
+}
+
+/// Runs `prepare-root` beside the next init, if there is one, the way NixOS's systemd
+/// initrd does: chrooted into the new root, /run shared, `IN_NIXOS_SYSTEMD_STAGE1=true`.
+/// Returns what happened, for the log.
+pub fn prepare_root(step: &'static str, new_root: &str, init: &str) -> Result<String, Failure> {
+    let resolved = resolve_in_root(new_root, init).map_err(|e| {
+        Failure::new(
+            step,
+            format!("cannot resolve {init} in the new root: {}", errno(e)),
+        )
+    })?;
+    let prepare = crate::plan::prepare_root_path(&resolved);
+    let root = open_root(step, new_root)?;
+    match open_in_root(&root, &prepare) {
+        Ok(_) => {}
+        Err(Unusable::Sys(Errno::NOENT)) => {
+            return Ok(format!(
+                "no prepare-root beside {resolved}: a stage-2 init (scripted NixOS or other), \
+                 exec'd as is"
+            ))
+        }
+        Err(e) => {
+            // NixOS's initrd tests `[ -x prepare-root ]` and skips activation too.
+            return Ok(format!(
+                "WARNING: {prepare} is not usable ({e}); not running it (as NixOS's initrd \
+                 would not), exec'ing {init} as is"
+            ));
+        }
+    }
+    drop(root);
+    report::log(
+        step,
+        &format!(
+            "{init} comes with {prepare} (NixOS with the systemd initrd): running it in {new_root}"
+        ),
+    );
+    let root_c = CString::new(new_root).map_err(|_| Failure::new(step, "NUL in the root path"))?;
+    let mut cmd = std::process::Command::new(&prepare);
+    cmd.arg0(&prepare)
+        .env_clear()
+        .envs(crate::plan::NEXT_INIT_ENV.iter().copied())
+        .env(
+            crate::plan::PREPARE_ROOT_ENV.0,
+            crate::plan::PREPARE_ROOT_ENV.1,
+        );
+    // SAFETY: between fork and exec only chroot(2) and chdir(2), on memory prepared before.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::chroot(root_c.as_c_str())?;
+            rustix::process::chdir(c"/")?;
+            Ok(())
+        });
+    }
+    let check = "its output above: prepare-root is NixOS's stage-2 script run with \
+                 IN_NIXOS_SYSTEMD_STAGE1=true (activation); the same closure's boot with \
+                 NixOS's own initrd would fail the same way";
+    let status = cmd
+        .spawn()
+        .and_then(|mut child| child.wait())
+        .map_err(|e| {
+            Failure::new(step, format!("cannot run {prepare}: {e}"))
+                .tried(format!("chroot {new_root} {prepare}"))
+                .check(check)
+        })?;
+    if status.success() {
+        Ok(format!("{prepare} finished"))
+    } else {
+        use std::os::unix::process::ExitStatusExt;
+        let how = match (status.code(), status.signal()) {
+            (Some(c), _) => format!("exited with status {c}"),
+            (_, Some(s)) => format!("was killed by signal {s}"),
+            _ => "failed".to_string(),
+        };
+        Err(Failure::new(step, format!("{prepare} {how}"))
+            .tried(format!(
+                "chroot {new_root} {prepare} with {}={}",
+                crate::plan::PREPARE_ROOT_ENV.0,
+                crate::plan::PREPARE_ROOT_ENV.1
+            ))
+            .check(check))
+    }
 }
 
 /// The interpreter of a `#!` line.
@@ -261,7 +413,6 @@ fn delete_contents(dir: &OwnedFd, root_dev: u64, freed: &mut Freed) {
 
 /// Execs the next init. Returns only on failure.
 pub fn exec(step: &'static str, e: &Exec) -> Failure {
-    use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(&e.path);
     if let Some((arg0, rest)) = e.argv.split_first() {
         cmd.arg0(arg0).args(rest);
@@ -272,10 +423,15 @@ pub fn exec(step: &'static str, e: &Exec) -> Failure {
         Some(raw) => errno(Errno::from_raw_os_error(raw)),
         None => err.to_string(),
     };
-    Failure::new(step, format!("execve({}) failed: {why}", e.path)).check(
-        "ENOENT: the file, its #! interpreter or its ELF loader is missing; \
+    Failure::new(step, format!("execve({}) failed: {why}", e.path))
+        .tried(format!(
+            "execve({}, {:?}, {:?}) in the new root, after the switch",
+            e.path, e.argv, e.env
+        ))
+        .check(
+            "ENOENT: the file, its #! interpreter or its ELF loader is missing; \
          ENOEXEC: not an executable for this machine",
-    )
+        )
 }
 
 #[cfg(test)]

@@ -311,15 +311,17 @@ mod tests {
         })
         .unwrap_err();
         let took = start.elapsed();
+        // The upper bound is loose: a loaded CI machine may oversleep a lot.
         assert!(
-            took >= Duration::from_millis(60) && took < Duration::from_millis(500),
+            took >= Duration::from_millis(60) && took < Duration::from_secs(5),
             "{took:?}"
         );
         match e {
             WaitError::TimedOut { last, attempts } => {
                 assert_eq!(last, attempts);
-                // 1+2+4+8+16+20... ms: a handful of attempts, not a spin.
-                assert!((4..=12).contains(&attempts), "{attempts}");
+                // 1+2+4+8+16+20... ms: a handful of attempts, not a spin (fewer when
+                // sleeps overrun on a loaded machine).
+                assert!((2..=12).contains(&attempts), "{attempts}");
             }
             other => panic!("{other:?}"),
         }

@@ -159,7 +159,8 @@ fn parse_pairs(s: &str) -> Result<Vec<(String, String)>, StatusParseError> {
 /// What a console transcript says about the boot.
 #[derive(Debug, Clone, Default)]
 pub struct ConsoleFacts {
-    /// The first well-formed status line.
+    /// The status line that counts: the last well-formed one. The init prints `status=ok`
+    /// right before exec; if that exec fails, a `status=failed step=exec` line follows.
     pub status: Option<StatusLine>,
     /// The first probe report that parsed as JSON.
     pub probe: Option<serde_json::Value>,
@@ -187,10 +188,19 @@ impl ConsoleFacts {
         let line = raw.trim_end_matches('\r');
         if line.contains(STATUS_MARKER) {
             match StatusLine::parse(line) {
-                Ok(s) if self.status.is_none() => self.status = Some(s),
-                Ok(_) => self
-                    .warnings
-                    .push(format!("more than one status line: {line:?}")),
+                Ok(s) => {
+                    // ok then failed at step=exec is the protocol; any other repeat is not.
+                    let exec_failed = |prev: &StatusLine| {
+                        prev.status() == Status::Ok
+                            && s.status() == Status::Failed
+                            && s.step() == Some("exec")
+                    };
+                    if self.status.as_ref().is_some_and(|p| !exec_failed(p)) {
+                        self.warnings
+                            .push(format!("more than one status line: {line:?}"));
+                    }
+                    self.status = Some(s);
+                }
                 Err(e) => self
                     .warnings
                     .push(format!("unparsable status line ({e}): {line:?}")),
@@ -344,8 +354,19 @@ PROBE-RESULT {\"pid\":1,\"argv\":[\"/init\",\"alpha\"],\"errors\":[]}\r\n\
         let f = ConsoleFacts::parse(text);
         assert!(f.panicked);
         assert!(f.restarted);
-        assert_eq!(f.status.unwrap().status(), Status::Ok);
+        // The last line counts; a repeat that is not ok-then-exec-failed is a breach.
+        assert_eq!(f.status.unwrap().status(), Status::Failed);
         assert!(f.probe.is_none());
         assert_eq!(f.warnings.len(), 2, "{:?}", f.warnings);
+    }
+
+    #[test]
+    fn a_failed_exec_after_the_ok_line_counts() {
+        let text = "nixboot-status: status=ok step=exec init=/x initrd_ms=5\r\n\
+                    nixboot-status: status=failed step=exec error=\"execve(/x) failed\" action=poweroff\r\n";
+        let f = ConsoleFacts::parse(text);
+        let s = f.status.unwrap();
+        assert_eq!((s.status(), s.step()), (Status::Failed, Some("exec")));
+        assert!(f.warnings.is_empty(), "{:?}", f.warnings);
     }
 }

@@ -36,6 +36,11 @@ pub struct VmConfig {
     pub interactive: bool,
     /// Appended verbatim to QEMU's arguments.
     pub extra_qemu_args: Vec<String>,
+    /// Typed into the guest's console, in order: each `(marker, bytes)` is sent once the
+    /// console has shown `marker` (after the previous one's). For tests of interactive
+    /// programs (an emergency shell); makes QEMU's stdin a pipe, so it wins over
+    /// `interactive`.
+    pub console_replies: Vec<(String, Vec<u8>)>,
 }
 
 impl VmConfig {
@@ -54,6 +59,7 @@ impl VmConfig {
             quiet: false,
             interactive: false,
             extra_qemu_args: Vec::new(),
+            console_replies: Vec::new(),
         }
     }
 }
@@ -157,7 +163,9 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome> {
     let args = qemu_args(cfg, accel.accel, &daemons);
     let mut cmd = Command::new(&cfg.qemu);
     cmd.args(&args)
-        .stdin(if cfg.interactive {
+        .stdin(if !cfg.console_replies.is_empty() {
+            Stdio::piped()
+        } else if cfg.interactive {
             Stdio::inherit()
         } else {
             Stdio::null()
@@ -175,7 +183,12 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome> {
 
     let quiet = cfg.quiet;
     let out = child.stdout.take();
-    let console_thread = std::thread::spawn(move || read_console(out, start, quiet));
+    let replies = Replies {
+        pending: cfg.console_replies.clone().into(),
+        input: child.stdin.take(),
+        search_from: 0,
+    };
+    let console_thread = std::thread::spawn(move || read_console(out, start, quiet, replies));
     let err = child.stderr.take();
     let stderr_thread: JoinHandle<Vec<u8>> = std::thread::spawn(move || {
         let mut sink = (!quiet).then(std::io::stderr);
@@ -312,8 +325,43 @@ struct Console {
     probe_at: Option<Duration>,
 }
 
-/// Streams the console to our stdout and keeps a copy, noting when key lines arrive.
-fn read_console(out: Option<std::process::ChildStdout>, start: Instant, quiet: bool) -> Console {
+/// [`VmConfig::console_replies`] still to send, and where to send them.
+struct Replies {
+    pending: std::collections::VecDeque<(String, Vec<u8>)>,
+    input: Option<std::process::ChildStdin>,
+    /// Console offset after the last marker answered.
+    search_from: usize,
+}
+
+impl Replies {
+    /// Sends every reply whose marker has appeared in `console`.
+    fn answer(&mut self, console: &[u8]) {
+        while let Some((marker, bytes)) = self.pending.front() {
+            let hay = &console[self.search_from.min(console.len())..];
+            let Some(pos) = hay
+                .windows(marker.len().max(1))
+                .position(|w| w == marker.as_bytes())
+            else {
+                return;
+            };
+            self.search_from += pos + marker.len();
+            if let Some(input) = self.input.as_mut() {
+                let _ = input.write_all(bytes);
+                let _ = input.flush();
+            }
+            self.pending.pop_front();
+        }
+    }
+}
+
+/// Streams the console to our stdout and keeps a copy, noting when key lines arrive and
+/// answering [`VmConfig::console_replies`].
+fn read_console(
+    out: Option<std::process::ChildStdout>,
+    start: Instant,
+    quiet: bool,
+    mut replies: Replies,
+) -> Console {
     let mut c = Console::default();
     let mut line_start = 0;
     let mut stdout = (!quiet).then(std::io::stdout);
@@ -323,6 +371,7 @@ fn read_console(out: Option<std::process::ChildStdout>, start: Instant, quiet: b
             let _ = s.flush();
         }
         c.bytes.extend_from_slice(chunk);
+        replies.answer(&c.bytes);
         while let Some(nl) = c.bytes[line_start..].iter().position(|b| *b == b'\n') {
             let line = &c.bytes[line_start..line_start + nl];
             let now = start.elapsed();
@@ -377,5 +426,24 @@ mod tests {
         assert_eq!(a[i + 1], "console=ttyS0 x");
         assert!(joined.contains("-no-reboot"));
         assert_eq!(qemu_escape("/a,b"), "/a,,b");
+    }
+
+    #[test]
+    fn replies_follow_their_markers_in_order() {
+        let mut r = Replies {
+            pending: vec![
+                ("a> ".to_string(), b"1".to_vec()),
+                ("a> ".to_string(), b"2".to_vec()),
+            ]
+            .into(),
+            input: None,
+            search_from: 0,
+        };
+        r.answer(b"boot... a");
+        assert_eq!(r.pending.len(), 2);
+        r.answer(b"boot... a> ");
+        assert_eq!(r.pending.len(), 1, "the second waits for a second marker");
+        r.answer(b"boot... a> x a> ");
+        assert!(r.pending.is_empty());
     }
 }

@@ -43,12 +43,13 @@ fn fixture(test: &str) -> Option<Fixture> {
 
     let initrd = tmp.path().join("initrd.zst");
     let report = mkinitrd::build(&mkinitrd::BuildOptions {
-        closure: system.clone(),
+        closure: Some(system.clone()),
         output: initrd.clone(),
         kernel_modules: Some(env.modules.clone()),
         modules: vec!["virtio_pci".into(), "virtiofs".into()],
         init: Some(bins.init.clone()),
         compression: mkinitrd::Compression::Zstd,
+        ..Default::default()
     })
     .expect("mkinitrd");
     // mkinitrd resolves the dependencies itself (any valid order will do).

@@ -58,6 +58,8 @@ pub enum ConfigError {
         "initrd configuration lists module {name:?} with a path that is not absolute: {path:?}"
     )]
     RelativeModulePath { name: String, path: String },
+    #[error("initrd configuration names an embedded store at {0:?}, which is not an absolute directory below /")]
+    BadEmbeddedStore(String),
 }
 
 impl InitrdConfig {
@@ -87,6 +89,12 @@ impl InitrdConfig {
                     name: m.name.clone(),
                     path: m.path.clone(),
                 });
+            }
+        }
+        // The init copies it to the same path under the new root: / would be everything.
+        if let Some(e) = &config.embedded_store {
+            if !e.starts_with('/') || e.trim_end_matches('/').is_empty() || e.contains("/../") {
+                return Err(ConfigError::BadEmbeddedStore(e.clone()));
             }
         }
         Ok(config)
@@ -169,5 +177,21 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("fuse"), "{e}");
+    }
+
+    #[test]
+    fn embedded_store_must_be_an_absolute_directory() {
+        let ok = InitrdConfig::parse(br#"{"version":1,"embedded_store":"/nix/store"}"#).unwrap();
+        assert_eq!(ok.embedded_store.as_deref(), Some("/nix/store"));
+        for bad in ["nix/store", "/", "//", "/nix/../etc"] {
+            let doc = format!(r#"{{"version":1,"embedded_store":"{bad}"}}"#);
+            assert!(
+                matches!(
+                    InitrdConfig::parse(doc.as_bytes()),
+                    Err(ConfigError::BadEmbeddedStore(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 }

@@ -60,14 +60,38 @@ struct Report {
     modules_readonly: Option<bool>,
     special: Vec<(&'static str, Option<String>)>,
     leftovers: Option<Vec<String>>,
+    root_readonly: Option<bool>,
+    root_options: Option<String>,
+    store_writable: Option<bool>,
+    env: Vec<String>,
+    booted_system: Option<String>,
+    timings: Option<String>,
+    test_files: Vec<(String, String)>,
+    stats: Vec<(String, Stat)>,
     errors: Vec<String>,
 }
+
+/// What `stat:PATH` in argv asks about (lstat: symlinks are reported, not followed).
+#[derive(Default, Clone)]
+struct Stat {
+    kind: &'static str,
+    mode: Option<u32>,
+    size: Option<u64>,
+    target: Option<String>,
+    mtime: Option<i64>,
+}
+
+/// Files the synthetic closures' scripts leave for the probe to report.
+const TEST_FILES_DIR: &str = "/run/nixboot-test";
+const MAX_TEST_FILE: usize = 4096;
 
 /// One line of /proc/self/mountinfo, reduced to what the report needs.
 struct Mount {
     mount_point: String,
     fstype: String,
     readonly: bool,
+    /// Per-mount options, then the filesystem's (`rw,noatime rw,errors=remount-ro`).
+    options: String,
     /// In a peer group (`shared:N` among the optional fields).
     shared: bool,
 }
@@ -76,8 +100,12 @@ fn probe() -> Report {
     let mut r = Report {
         pid: Some(rustix::process::getpid().as_raw_nonzero().get() as u32),
         argv: std::env::args_os().map(lossy).collect(),
+        env: std::env::vars_os()
+            .map(|(k, v)| format!("{}={}", lossy(k), lossy(v)))
+            .collect(),
         ..Report::default()
     };
+    r.env.sort();
 
     // The init is supposed to hand over a mounted /proc; if it did not, mount one only
     // long enough to look, and say so (special_mounts still reports the truth).
@@ -112,6 +140,8 @@ fn probe() -> Report {
             let mounts = parse_mountinfo(&String::from_utf8_lossy(&b));
             let find = |p: &str| mounts.iter().rev().find(|m| m.mount_point == p);
             r.root_fstype = find("/").map(|m| m.fstype.clone());
+            r.root_readonly = find("/").map(|m| m.readonly);
+            r.root_options = find("/").map(|m| m.options.clone());
             if let Some(m) = find("/nix/store") {
                 r.store_fstype = Some(m.fstype.clone());
                 r.store_readonly = Some(m.readonly);
@@ -137,6 +167,42 @@ fn probe() -> Report {
         Err(e) => r.errors.push(format!("initramfs leftovers: {e}")),
     }
 
+    if fs::metadata("/nix/store").is_ok_and(|m| m.is_dir()) {
+        let probe = Path::new("/nix/store/.nixboot-probe-write");
+        r.store_writable = Some(match fs::write(probe, b"x") {
+            Ok(()) => {
+                let _ = fs::remove_file(probe);
+                true
+            }
+            Err(_) => false,
+        });
+    }
+    r.booted_system = fs::read_link("/run/booted-system")
+        .ok()
+        .map(|p| lossy(p.into_os_string()));
+    r.timings = fs::read_to_string("/run/nixboot/timings.json").ok();
+    if let Ok(dir) = fs::read_dir(TEST_FILES_DIR) {
+        let mut files: Vec<(String, String)> = dir
+            .flatten()
+            .take(32)
+            .map(|e| {
+                let mut text = fs::read(e.path()).unwrap_or_default();
+                text.truncate(MAX_TEST_FILE);
+                (
+                    lossy(e.file_name()),
+                    String::from_utf8_lossy(&text).into_owned(),
+                )
+            })
+            .collect();
+        files.sort();
+        r.test_files = files;
+    }
+    for a in r.argv.clone().iter().skip(1) {
+        if let Some(path) = a.strip_prefix("stat:") {
+            r.stats.push((path.to_string(), stat(Path::new(path))));
+        }
+    }
+
     if mounted_proc {
         if let Err(e) = rustix::mount::unmount("/proc", rustix::mount::UnmountFlags::DETACH) {
             r.errors
@@ -144,6 +210,32 @@ fn probe() -> Report {
         }
     }
     r
+}
+
+fn stat(p: &Path) -> Stat {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(m) = fs::symlink_metadata(p) else {
+        return Stat {
+            kind: "missing",
+            ..Stat::default()
+        };
+    };
+    let ft = m.file_type();
+    Stat {
+        kind: if ft.is_symlink() {
+            "symlink"
+        } else if ft.is_dir() {
+            "dir"
+        } else if ft.is_file() {
+            "file"
+        } else {
+            "other"
+        },
+        mode: Some(m.permissions().mode() & 0o7777),
+        size: ft.is_file().then_some(m.len()),
+        target: fs::read_link(p).ok().map(|t| lossy(t.into_os_string())),
+        mtime: Some(m.mtime()),
+    }
 }
 
 /// Parses /proc/self/mountinfo: `id parent maj:min root mountpoint options [optional...] -
@@ -166,6 +258,7 @@ fn parse_mountinfo(text: &str) -> Vec<Mount> {
             mount_point: unescape_octal(mp),
             fstype: (*fstype).to_string(),
             readonly: is_ro(opts) || super_ro,
+            options: format!("{opts} {}", fields.get(sep + 3).unwrap_or(&"")),
             shared: fields
                 .get(6..sep)
                 .unwrap_or_default()
@@ -410,6 +503,47 @@ impl Report {
             None => j.push_str("null"),
         }
         let _ = write!(j, ",\"initramfs_checked\":{}", self.leftovers.is_some());
+        let _ = write!(j, ",\"root_readonly\":{}", opt_bool(self.root_readonly));
+        let _ = write!(
+            j,
+            ",\"root_options\":{}",
+            opt_str(self.root_options.as_deref())
+        );
+        let _ = write!(j, ",\"store_writable\":{}", opt_bool(self.store_writable));
+        j.push_str(",\"env\":");
+        push_str_array(&mut j, &self.env);
+        let _ = write!(
+            j,
+            ",\"booted_system\":{}",
+            opt_str(self.booted_system.as_deref())
+        );
+        let _ = write!(j, ",\"timings\":{}", opt_str(self.timings.as_deref()));
+        j.push_str(",\"test_files\":{");
+        for (i, (name, text)) in self.test_files.iter().enumerate() {
+            if i > 0 {
+                j.push(',');
+            }
+            let _ = write!(j, "{}:{}", json_str(name), json_str(text));
+        }
+        j.push('}');
+        j.push_str(",\"stats\":{");
+        for (i, (path, st)) in self.stats.iter().enumerate() {
+            if i > 0 {
+                j.push(',');
+            }
+            let _ = write!(
+                j,
+                "{}:{{\"type\":{},\"mode\":{},\"size\":{},\"target\":{},\"mtime\":{}}}",
+                json_str(path),
+                json_str(st.kind),
+                st.mode
+                    .map_or_else(|| "null".into(), |m| json_str(&format!("{m:04o}"))),
+                st.size.map_or_else(|| "null".into(), |n| n.to_string()),
+                opt_str(st.target.as_deref()),
+                st.mtime.map_or_else(|| "null".into(), |n| n.to_string()),
+            );
+        }
+        j.push('}');
         j.push_str(",\"errors\":");
         push_str_array(&mut j, &self.errors);
         j.push('}');

@@ -1,0 +1,372 @@
+//! Shared by the boot tests of roots, flavours, failures and stress: fake stores holding the
+//! probe, initrds built by mkinitrd (uncompressed, so that tests can append a second newc
+//! segment, which the kernel unpacks over the first: later duplicates win), disk images,
+//! one boot, and the assertions every boot test makes.
+// Each test binary uses its own subset.
+#![allow(dead_code)]
+
+pub mod disk;
+
+use initrd_config::InitrdConfig;
+use mkinitrd::cpio::ArchiveBuilder;
+use qemu_tests::artifacts::{self, fake_store_name, Env, StaticBinaries};
+use qemu_tests::console::{self, ConsoleFacts, Status};
+use qemu_tests::qemu::{self, Outcome, VmConfig};
+use qemu_tests::Share;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Generous: TCG on a loaded 2-core CI machine.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// A failing boot must end long before [`BOOT_TIMEOUT`]: the init's bounds are seconds.
+pub const FAILURE_BOUND: Duration = Duration::from_secs(60);
+/// What the virtiofs tests load (mkinitrd adds the dependencies).
+pub const VIRTIOFS_MODULES: &[&str] = &["virtio_pci", "virtiofs"];
+/// What block-root tests load (ext4 is built into Debian's cloud kernel).
+pub const BLOCK_MODULES: &[&str] = &["virtio_pci", "virtio_blk"];
+
+/// Everything a boot test needs.
+pub struct Kit {
+    pub env: Env,
+    pub bins: &'static StaticBinaries,
+    pub tmp: tempfile::TempDir,
+    pub test: String,
+}
+
+/// The prerequisites and the static binaries, or `None` after a loud SKIP.
+pub fn kit(test: &str) -> Option<Kit> {
+    let env = artifacts::require_prerequisites(test)?;
+    let bins = artifacts::static_binaries().expect("building the static init and probe");
+    Some(Kit {
+        env,
+        bins,
+        tmp: tempfile::tempdir().unwrap(),
+        test: test.to_string(),
+    })
+}
+
+/// A directory laid out like /nix/store with one system whose `init` is the probe.
+pub struct ProbeStore {
+    /// The host directory shared as /nix/store.
+    pub store: PathBuf,
+    /// The system directory inside it.
+    pub system: PathBuf,
+    /// The guest path of the system's `init`.
+    pub init: String,
+}
+
+impl Kit {
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// `<dir>/<hash>-probe-system/init` = the probe.
+    pub fn probe_store(&self, dir: &str) -> ProbeStore {
+        let store = self.path(dir);
+        let system = store.join(fake_store_name(&self.test, "probe-system"));
+        std::fs::create_dir_all(&system).unwrap();
+        std::fs::copy(&self.bins.probe, system.join("init")).unwrap();
+        let init = format!(
+            "/nix/store/{}/init",
+            system.file_name().unwrap().to_str().unwrap()
+        );
+        ProbeStore {
+            store,
+            system,
+            init,
+        }
+    }
+
+    /// The static busybox of the host (Debian's busybox-static), for guest shells.
+    pub fn busybox(&self) -> PathBuf {
+        let p = PathBuf::from("/usr/bin/busybox");
+        let bytes = std::fs::read(&p).expect("busybox (apt-get install busybox-static)");
+        assert!(
+            mkinitrd::elf::check_static(&bytes).is_ok(),
+            "{} is not static (apt-get install busybox-static)",
+            p.display()
+        );
+        p
+    }
+
+    /// An uncompressed initrd from mkinitrd: `closure`'s init is the default next init;
+    /// `modules` with their dependencies.
+    pub fn initrd(&self, closure: Option<&Path>, modules: &[&str]) -> Initrd {
+        let opts = mkinitrd::BuildOptions {
+            closure: closure.map(Path::to_path_buf),
+            output: self.path("unused"),
+            kernel_modules: (!modules.is_empty()).then(|| self.env.modules.clone()),
+            modules: modules.iter().map(|m| m.to_string()).collect(),
+            init: Some(self.bins.init.clone()),
+            compression: mkinitrd::Compression::None,
+            ..Default::default()
+        };
+        let image = mkinitrd::build_image(&opts, 0).expect("mkinitrd");
+        Initrd {
+            bytes: image.bytes,
+            config: image.config,
+        }
+    }
+
+    /// Writes an initrd where QEMU can read it.
+    pub fn write_initrd(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+}
+
+/// An initrd in memory and the configuration mkinitrd wrote into it.
+pub struct Initrd {
+    pub bytes: Vec<u8>,
+    pub config: InitrdConfig,
+}
+
+impl Initrd {
+    /// Appends a second newc segment (the kernel unpacks it over the first one; an
+    /// uncompressed archive ends 4-byte aligned, as the next one must start).
+    pub fn append(&self, build: impl FnOnce(&mut ArchiveBuilder)) -> Vec<u8> {
+        let mut a = ArchiveBuilder::new();
+        build(&mut a);
+        let mut out = self.bytes.clone();
+        assert_eq!(out.len() % 4, 0);
+        out.extend(a.write(1));
+        out
+    }
+
+    /// Appends a replacement configuration.
+    pub fn with_config(&self, config: &InitrdConfig) -> Vec<u8> {
+        self.append(|a| {
+            a.file(initrd_config::CONFIG_PATH, 0o644, config.to_bytes())
+                .unwrap()
+        })
+    }
+}
+
+/// Copies a host directory tree into an archive under `prefix`, keeping modes and symlinks.
+pub fn add_tree(a: &mut ArchiveBuilder, host: &Path, prefix: &str) {
+    let mut entries: Vec<_> = std::fs::read_dir(host).unwrap().flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = format!("{prefix}/{}", e.file_name().to_str().unwrap());
+        let meta = std::fs::symlink_metadata(e.path()).unwrap();
+        let perm = meta.permissions().mode() & 0o7777;
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(e.path()).unwrap();
+            a.symlink(&name, target.to_str().unwrap()).unwrap();
+        } else if meta.is_dir() {
+            a.dir(&name, perm).unwrap();
+            add_tree(a, &e.path(), &name);
+        } else {
+            a.file(&name, perm, std::fs::read(e.path()).unwrap())
+                .unwrap();
+        }
+    }
+}
+
+/// Sets a file's mode.
+pub fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// One boot's settings.
+#[derive(Default)]
+pub struct Boot {
+    /// Kernel parameters after `console=ttyS0,115200 panic=-1`.
+    pub params: Vec<String>,
+    /// After ` -- `: the next init's arguments.
+    pub init_args: Vec<String>,
+    pub shares: Vec<Share>,
+    /// Raw disk images attached as virtio-blk, and whether read-only.
+    pub disks: Vec<(PathBuf, bool)>,
+    pub replies: Vec<(String, Vec<u8>)>,
+    pub memory_mb: Option<u32>,
+}
+
+impl Boot {
+    pub fn params(params: &[&str]) -> Boot {
+        Boot {
+            params: params.iter().map(|s| s.to_string()).collect(),
+            ..Boot::default()
+        }
+    }
+
+    pub fn share(mut self, tag: &str, dir: &Path, readonly: bool) -> Boot {
+        let s = Share::new(tag, dir).unwrap();
+        self.shares.push(if readonly { s.readonly() } else { s });
+        self
+    }
+
+    /// The kernel modules of the host's test kernel, as tag `modules`.
+    pub fn modules_share(self, env: &Env) -> Boot {
+        let dir = qemu_tests::bootspec::modules_share_dir(&env.modules).unwrap();
+        self.share("modules", &dir, true)
+    }
+
+    pub fn disk(mut self, image: &Path, readonly: bool) -> Boot {
+        self.disks.push((image.to_path_buf(), readonly));
+        self
+    }
+
+    pub fn args(mut self, args: &[&str]) -> Boot {
+        self.init_args = args.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    pub fn reply(mut self, marker: &str, text: &str) -> Boot {
+        self.replies.push((marker.into(), text.as_bytes().to_vec()));
+        self
+    }
+}
+
+/// Boots `initrd` once.
+pub fn boot(kit: &Kit, initrd: &Path, b: Boot) -> Outcome {
+    let mut cmdline = vec!["console=ttyS0,115200".to_string(), "panic=-1".to_string()];
+    cmdline.extend(b.params);
+    if !b.init_args.is_empty() {
+        cmdline.push("--".into());
+        cmdline.extend(b.init_args);
+    }
+    let mut cfg = VmConfig::new(
+        &kit.env.kernel,
+        Some(initrd.to_path_buf()),
+        cmdline.join(" "),
+    );
+    cfg.qemu = kit.env.qemu.clone();
+    cfg.virtiofsd = kit.env.virtiofsd.clone();
+    cfg.timeout = Some(BOOT_TIMEOUT);
+    cfg.quiet = true;
+    cfg.shares = b.shares;
+    cfg.console_replies = b.replies;
+    if let Some(m) = b.memory_mb {
+        cfg.memory_mb = m;
+    }
+    for (img, ro) in b.disks {
+        cfg.extra_qemu_args.push("-drive".into());
+        cfg.extra_qemu_args.push(format!(
+            "file={},format=raw,if=virtio{}",
+            img.display(),
+            if ro { ",readonly=on" } else { "" }
+        ));
+    }
+    let o = qemu::run(&cfg).expect("launcher");
+    // For a look at a whole console: NIXBOOT_TEST_CONSOLE=1 cargo test ... -- --nocapture
+    if std::env::var_os("NIXBOOT_TEST_CONSOLE").is_some() {
+        eprintln!("--- {} console ---\n{}", kit.test, o.console);
+    }
+    eprintln!(
+        "{}: accel {}; QEMU ran {:?}; status {}",
+        kit.test,
+        o.accel.accel,
+        o.elapsed,
+        o.status
+            .as_ref()
+            .map_or_else(|| "none".to_string(), |s| s.to_string())
+    );
+    o
+}
+
+/// The console tail and QEMU's stderr, for assertion messages.
+pub fn context(o: &Outcome) -> String {
+    format!(
+        "\n--- console tail ---\n{}\n--- qemu stderr ---\n{}",
+        o.console_tail(80),
+        o.qemu_stderr
+    )
+}
+
+/// The boot reached the probe with status=ok and powered off cleanly; returns its report.
+pub fn assert_booted(o: &Outcome) -> &serde_json::Value {
+    let ctx = context(o);
+    assert!(!o.timed_out, "timed out{ctx}");
+    assert!(!o.panicked, "kernel panic{ctx}");
+    assert!(o.qemu_clean_exit(), "QEMU exit {}{ctx}", o.qemu_exit);
+    assert!(o.powered_off, "the guest did not power off{ctx}");
+    assert!(o.warnings.is_empty(), "{:?}{ctx}", o.warnings);
+    let s = o.status.as_ref().expect("no nixboot-status line");
+    assert_eq!(s.status(), Status::Ok, "{s}{ctx}");
+    assert_eq!(s.step(), Some("exec"), "{s}");
+    let p = o
+        .probe
+        .as_ref()
+        .unwrap_or_else(|| panic!("no probe result{ctx}"));
+    assert_eq!(p["pid"], 1, "{p}");
+    assert_eq!(p["errors"], serde_json::json!([]), "{p}");
+    p
+}
+
+/// How a failed boot must end.
+pub enum Action {
+    PowerOff,
+    Reboot,
+    Shell,
+}
+
+/// The boot failed at `step` with an error containing `error`, said what it tried or what
+/// to check, printed one status line, and carried out `action` within [`FAILURE_BOUND`]:
+/// QEMU exits by itself (-no-reboot turns a reboot into an exit too; the console tells
+/// "reboot: Power down" from "reboot: Restarting system").
+pub fn assert_failed(o: &Outcome, step: &str, error: &str, action: Action) {
+    let ctx = context(o);
+    assert!(!o.timed_out, "timed out{ctx}");
+    assert!(!o.panicked, "kernel panic{ctx}");
+    assert!(
+        o.elapsed < FAILURE_BOUND,
+        "took {:?} to fail{ctx}",
+        o.elapsed
+    );
+    assert!(o.qemu_clean_exit(), "QEMU exit {}{ctx}", o.qemu_exit);
+    assert!(o.probe.is_none(), "the probe ran{ctx}");
+    let s = o.status.as_ref().expect("no nixboot-status line");
+    assert_eq!(s.status(), Status::Failed, "{s}{ctx}");
+    assert_eq!(s.step(), Some(step), "{s}{ctx}");
+    let e = s.error().unwrap_or("");
+    assert!(e.contains(error), "error {e:?} lacks {error:?}{ctx}");
+    let lines: Vec<&str> = console::init_lines(&o.console)
+        .filter(|l| l.contains(&format!("] {step}: ")))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.contains("FAILED: ")),
+        "no FAILED line for {step}{ctx}"
+    );
+    for what in ["  tried: ", "  check: "] {
+        assert!(
+            lines.iter().any(|l| l.contains(what)),
+            "the failure lacks a{what}line{ctx}"
+        );
+    }
+    let facts = ConsoleFacts::parse(&o.console);
+    let (name, powered_off, restarted) = match action {
+        Action::PowerOff => ("poweroff", true, false),
+        Action::Reboot => ("reboot", false, true),
+        Action::Shell => ("shell", true, false),
+    };
+    assert_eq!(s.get("action"), Some(name), "{s}{ctx}");
+    assert_eq!(o.powered_off, powered_off, "power off?{ctx}");
+    assert_eq!(facts.restarted, restarted, "restart?{ctx}");
+}
+
+/// The init's human lines of one step.
+pub fn step_lines<'a>(o: &'a Outcome, step: &str) -> Vec<&'a str> {
+    let tag = format!("] {step}: ");
+    console::init_lines(&o.console)
+        .filter(|l| l.contains(&tag))
+        .collect()
+}
+
+/// The probe's `/run/nixboot/timings.json`, parsed.
+pub fn timings(p: &serde_json::Value) -> serde_json::Value {
+    let text = p["timings"].as_str().expect("no timings.json");
+    serde_json::from_str(text).expect("timings.json is JSON")
+}
+
+/// The step names recorded in the timings, in order.
+pub fn timed_steps(p: &serde_json::Value) -> Vec<String> {
+    timings(p)["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .map(|ph| ph["step"].as_str().unwrap_or("").to_string())
+        .collect()
+}

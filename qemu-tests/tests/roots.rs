@@ -1,0 +1,358 @@
+//! Every kind of root the init mounts, booted for real (the imageless tmpfs root is in
+//! imageless.rs): a whole-root virtiofs share; ext4 block roots named by path, LABEL=,
+//! UUID=, PARTUUID= (GPT and MBR), with rootfstype=, rootflags=, ro; a store embedded in
+//! the initramfs; a writable store overlay.
+
+mod common;
+
+use common::disk::{self, Part};
+use common::{assert_booted, kit, step_lines, timed_steps, Boot, Kit, ProbeStore};
+use common::{BLOCK_MODULES, VIRTIOFS_MODULES};
+use initrd_config::InitrdConfig;
+use std::path::PathBuf;
+
+const ROOT_LABEL: &str = "nixroot";
+const FS_UUID: &str = "3f5ad593-4546-4a94-a374-bcfb68aa11f7";
+const PART_GUID: &str = "9b1c27d4-5e3a-4f8b-a7c6-0123456789ab";
+const DISK_GUID: &str = "d1b2c3a4-0000-4000-8000-00000000d15c";
+const MBR_SIG: u32 = 0x5eed_f00d;
+
+/// A probe store, an ext4 filesystem holding it as a NixOS root would, and an initrd that
+/// can reach a virtio disk.
+struct DiskRoot {
+    kit: Kit,
+    probe: ProbeStore,
+    fs: Vec<u8>,
+    initrd: PathBuf,
+}
+
+fn disk_root(test: &str) -> Option<DiskRoot> {
+    let kit = kit(test)?;
+    let probe = kit.probe_store("store");
+    let tree = kit.path("root");
+    disk::root_tree(&tree, &probe.store);
+    let fs = disk::ext4(&tree, ROOT_LABEL, FS_UUID, 32, kit.tmp.path());
+    let initrd = kit.initrd(None, BLOCK_MODULES);
+    let initrd = kit.write_initrd("initrd", &initrd.bytes);
+    Some(DiskRoot {
+        kit,
+        probe,
+        fs,
+        initrd,
+    })
+}
+
+impl DiskRoot {
+    fn image(&self, bytes: &[u8]) -> PathBuf {
+        let p = self.kit.path("disk.raw");
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    fn gpt(&self) -> PathBuf {
+        let esp = vec![0u8; 1 << 20];
+        self.image(&disk::gpt(
+            DISK_GUID,
+            &[
+                Part {
+                    name: "esp",
+                    guid: "0a0a0a0a-0000-4000-8000-000000000001",
+                    data: &esp,
+                },
+                Part {
+                    name: "nixos",
+                    guid: PART_GUID,
+                    data: &self.fs,
+                },
+            ],
+        ))
+    }
+
+    fn boot(&self, image: PathBuf, readonly: bool, params: &[&str]) -> qemu_tests::Outcome {
+        let mut all = vec![format!("init={}", self.probe.init)];
+        all.extend(params.iter().map(|s| s.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        common::boot(
+            &self.kit,
+            &self.initrd,
+            Boot::params(&all)
+                .disk(&image, readonly)
+                .args(&[&format!("stat:{}", self.probe.init)]),
+        )
+    }
+}
+
+/// What every block root shares: ext4 on `/`, the store is the disk's (no share), the
+/// special mounts moved in, the initramfs freed, the wait and the mount timed.
+fn assert_block_root(o: &qemu_tests::Outcome, node: &str) -> serde_json::Value {
+    let p = assert_booted(o).clone();
+    assert_eq!(p["root_fstype"], "ext4", "{p}");
+    assert_eq!(p["store_fstype"], serde_json::Value::Null, "{p}");
+    assert_eq!(p["modules_fstype"], serde_json::Value::Null, "{p}");
+    assert_eq!(
+        p["special_mounts"],
+        serde_json::json!({"/proc": "proc", "/sys": "sysfs", "/dev": "devtmpfs", "/run": "tmpfs"}),
+        "{p}"
+    );
+    let left = p["initramfs_leftovers"].as_array().expect("leftovers");
+    assert!(left.iter().all(|n| n == "sysroot"), "{p}");
+    let stats = p["stats"].as_object().expect("stats");
+    assert!(stats.values().all(|s| s["type"] == "file"), "{p}");
+    let mounted = step_lines(o, "mount-root");
+    assert!(
+        mounted
+            .iter()
+            .any(|l| l.contains(&format!("{node} on /sysroot type ext4"))),
+        "{mounted:?}{}",
+        common::context(o)
+    );
+    let steps = timed_steps(&p);
+    for s in [
+        "load-module virtio_blk",
+        "wait-root",
+        "mount-root",
+        "switch-root",
+    ] {
+        assert!(steps.iter().any(|x| x == s), "{s} not timed: {steps:?}");
+    }
+    p
+}
+
+#[test]
+fn block_root_by_label_on_gpt_with_autodetected_type() {
+    let Some(d) = disk_root("block_root_by_label_on_gpt_with_autodetected_type") else {
+        return;
+    };
+    let o = d.boot(d.gpt(), false, &[&format!("root=LABEL={ROOT_LABEL}")]);
+    let p = assert_block_root(&o, "/dev/vda2");
+    assert_eq!(p["root_readonly"], false, "{p}");
+    let waited = step_lines(&o, "wait-root");
+    assert!(
+        waited
+            .iter()
+            .any(|l| l.contains("LABEL=nixroot is vda2") && l.contains(FS_UUID)),
+        "{waited:?}"
+    );
+}
+
+#[test]
+fn block_root_by_gpt_partuuid_read_only() {
+    let Some(d) = disk_root("block_root_by_gpt_partuuid_read_only") else {
+        return;
+    };
+    // Upper case: PARTUUIDs compare without regard to case.
+    let o = d.boot(
+        d.gpt(),
+        true,
+        &[
+            &format!("root=PARTUUID={}", PART_GUID.to_uppercase()),
+            "rootfstype=ext4",
+            "ro",
+        ],
+    );
+    let p = assert_block_root(&o, "/dev/vda2");
+    // Mounted read-only from the start (the disk itself is read-only here: a write would
+    // fail the mount), and /run still took the timings.
+    assert_eq!(p["root_readonly"], true, "{p}");
+    assert!(p["timings"].is_string(), "{p}");
+}
+
+#[test]
+fn block_root_by_path_on_mbr_with_rootflags() {
+    let Some(d) = disk_root("block_root_by_path_on_mbr_with_rootflags") else {
+        return;
+    };
+    let o = d.boot(
+        d.image(&disk::mbr(MBR_SIG, &d.fs)),
+        false,
+        &[
+            "root=/dev/vda1",
+            "rootfstype=ext4",
+            "rootflags=noatime,errors=remount-ro,defaults",
+            "rw",
+        ],
+    );
+    let p = assert_block_root(&o, "/dev/vda1");
+    let opts = p["root_options"].as_str().unwrap_or("");
+    assert!(
+        opts.starts_with("rw,noatime") && opts.contains("errors=remount-ro"),
+        "{opts}"
+    );
+}
+
+#[test]
+fn block_root_by_mbr_partuuid_as_a_udev_path() {
+    let Some(d) = disk_root("block_root_by_mbr_partuuid_as_a_udev_path") else {
+        return;
+    };
+    let partuuid = format!("{MBR_SIG:08x}-01");
+    let o = d.boot(
+        d.image(&disk::mbr(MBR_SIG, &d.fs)),
+        false,
+        &[&format!("root=/dev/disk/by-partuuid/{partuuid}")],
+    );
+    assert_block_root(&o, "/dev/vda1");
+    let waited = step_lines(&o, "wait-root");
+    assert!(
+        waited
+            .iter()
+            .any(|l| l.contains(&format!("PARTUUID={partuuid}"))),
+        "{waited:?}"
+    );
+}
+
+#[test]
+fn block_root_by_uuid_on_a_whole_disk() {
+    let Some(d) = disk_root("block_root_by_uuid_on_a_whole_disk") else {
+        return;
+    };
+    let o = d.boot(d.image(&d.fs), false, &[&format!("root=UUID={FS_UUID}")]);
+    assert_block_root(&o, "/dev/vda");
+}
+
+#[test]
+fn virtiofs_share_is_the_whole_root() {
+    let test = "virtiofs_share_is_the_whole_root";
+    let Some(kit) = kit(test) else { return };
+    let probe = kit.probe_store("store");
+    // A root directory with its own store inside (nothing else shared).
+    let root = kit.path("rootfs");
+    disk::root_tree(&root, &probe.store);
+    let initrd = kit.initrd(None, VIRTIOFS_MODULES);
+    let initrd = kit.write_initrd("initrd", &initrd.bytes);
+    let o = common::boot(
+        &kit,
+        &initrd,
+        Boot::params(&[
+            "root=virtiofs:rootfs",
+            "nixboot.store=none",
+            "nixboot.modules=none",
+            &format!("init={}", probe.init),
+        ])
+        .share("rootfs", &root, false),
+    );
+    let p = assert_booted(&o);
+    assert_eq!(p["root_fstype"], "virtiofs", "{p}");
+    assert_eq!(p["root_readonly"], false, "{p}");
+    assert_eq!(p["store_fstype"], serde_json::Value::Null, "{p}");
+    assert_eq!(
+        p["special_mounts"],
+        serde_json::json!({"/proc": "proc", "/sys": "sysfs", "/dev": "devtmpfs", "/run": "tmpfs"}),
+        "{p}"
+    );
+    let left = p["initramfs_leftovers"].as_array().expect("leftovers");
+    assert!(left.iter().all(|n| n == "sysroot"), "{p}");
+}
+
+#[test]
+fn embedded_store_moves_into_the_tmpfs_root() {
+    let test = "embedded_store_moves_into_the_tmpfs_root";
+    let Some(kit) = kit(test) else { return };
+    let probe = kit.probe_store("store");
+    // A second store path with what a real one has: read-only modes, a symlink into the
+    // store, nested directories.
+    let data_name = qemu_tests::artifacts::fake_store_name(test, "data");
+    let data = probe.store.join(&data_name);
+    std::fs::create_dir_all(data.join("share/doc")).unwrap();
+    std::fs::write(data.join("share/doc/README"), "embedded\n").unwrap();
+    common::chmod(&data.join("share/doc/README"), 0o444);
+    std::os::unix::fs::symlink(format!("/nix/store/{data_name}"), probe.system.join("sw")).unwrap();
+    for d in [data.join("share/doc"), data.join("share"), data.clone()] {
+        common::chmod(&d, 0o555);
+    }
+
+    // What mkinitrd --embed-store produces: the store under /nix/store and the flag.
+    let base = kit.initrd(Some(&probe.system), &[]);
+    let config = InitrdConfig {
+        embedded_store: Some("/nix/store".into()),
+        ..base.config.clone()
+    };
+    let bytes = base.append(|a| {
+        common::add_tree(a, &probe.store, "nix/store");
+        a.file(initrd_config::CONFIG_PATH, 0o644, config.to_bytes())
+            .unwrap();
+    });
+    let initrd = kit.write_initrd("initrd", &bytes);
+    let readme = format!("/nix/store/{data_name}/share/doc/README");
+    let sw = probe.init.replace("/init", "/sw");
+    // No init= and no shares at all: the default init from the initrd, the store inside it.
+    let o = common::boot(
+        &kit,
+        &initrd,
+        Boot::params(&[]).args(&[
+            &format!("stat:{readme}"),
+            &format!("stat:{sw}"),
+            &format!("stat:/nix/store/{data_name}"),
+            &format!("stat:{}", probe.init),
+        ]),
+    );
+    let p = assert_booted(&o);
+    assert_eq!(p["argv"][0], probe.init, "{p}");
+    assert_eq!(p["root_fstype"], "tmpfs", "{p}");
+    assert_eq!(p["store_fstype"], serde_json::Value::Null, "{p}");
+    let st = &p["stats"];
+    assert_eq!(st[&readme]["type"], "file", "{p}");
+    assert_eq!(st[&readme]["mode"], "0444", "{p}");
+    assert_eq!(st[&readme]["size"], 9, "{p}");
+    // The archive's mtime (1, as in a Nix store) survives the copy.
+    assert_eq!(st[&readme]["mtime"], 1, "{p}");
+    assert_eq!(st[&sw]["type"], "symlink", "{p}");
+    assert_eq!(st[&sw]["target"], format!("/nix/store/{data_name}"), "{p}");
+    assert_eq!(
+        st[&format!("/nix/store/{data_name}")]["mode"],
+        "0555",
+        "{p}"
+    );
+    assert_eq!(st[&probe.init]["mode"], "0755", "{p}");
+    // Moved, not copied: nothing of the store is left in the old initramfs.
+    let left = p["initramfs_leftovers"].as_array().expect("leftovers");
+    assert!(left.iter().all(|n| n == "sysroot"), "{p}");
+    let copied = step_lines(&o, "copy-store");
+    assert!(
+        copied
+            .iter()
+            .any(|l| l
+                .contains("/nix/store -> /sysroot/nix/store: 2 files, 1 symlinks, 4 directories")),
+        "{copied:?}"
+    );
+    assert!(step_lines(&o, "mount-store").is_empty());
+}
+
+#[test]
+fn store_overlay_makes_the_store_writable() {
+    let test = "store_overlay_makes_the_store_writable";
+    let Some(kit) = kit(test) else { return };
+    let probe = kit.probe_store("store");
+    let mut modules = VIRTIOFS_MODULES.to_vec();
+    modules.push("overlay");
+    let initrd = kit.initrd(None, &modules);
+    let initrd = kit.write_initrd("initrd", &initrd.bytes);
+    let before = std::fs::read_dir(&probe.store).unwrap().count();
+    let o = common::boot(
+        &kit,
+        &initrd,
+        Boot::params(&[&format!("init={}", probe.init), "nixboot.store_overlay"])
+            .share("store", &probe.store, true)
+            .modules_share(&kit.env),
+    );
+    let p = assert_booted(&o);
+    assert_eq!(p["store_fstype"], "overlay", "{p}");
+    assert_eq!(p["store_readonly"], false, "{p}");
+    assert_eq!(p["store_writable"], true, "{p}");
+    assert_eq!(p["modules_fstype"], "virtiofs", "{p}");
+    // The writes went to the tmpfs, not to the host's store.
+    assert_eq!(std::fs::read_dir(&probe.store).unwrap().count(), before);
+    let steps = timed_steps(p);
+    for s in ["mount-store", "mount-store-upper", "mount-store-overlay"] {
+        assert!(steps.iter().any(|x| x == s), "{s} not timed: {steps:?}");
+    }
+}
+
+#[test]
+fn gpt_writer_checks() {
+    assert_eq!(disk::crc32(b"123456789"), 0xcbf4_3926);
+    assert_eq!(
+        disk::guid_bytes("0fc63daf-8483-4772-8e79-3d69d8477de4")[..4],
+        [0xaf, 0x3d, 0xc6, 0x0f]
+    );
+}
