@@ -2,8 +2,10 @@
   description = "nixboot: a static Rust PID 1 for the initramfs, its packer mkinitrd, and NixOS modules for imageless, libvirt, baremetal and controller machines";
 
   # No flake.lock is committed: `nix` resolves nixpkgs by this URL (and writes a lock file
-  # in your checkout the first time). The modules are tested against nixpkgs 24.05.
-  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.05";
+  # in your checkout the first time). The Rust workspace needs rustc >= 1.85, hence 25.05;
+  # the modules are evaluated offline against 24.05 by nixos/tests/eval and use nothing
+  # that changed in between.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.05";
 
   outputs = { self, nixpkgs }:
     let
@@ -12,6 +14,28 @@
       systems = [ "x86_64-linux" ];
       forAllSystems = lib.genAttrs systems;
       nixbootFor = system: import ./nixos/packages { pkgs = nixpkgs.legacyPackages.${system}; };
+
+      # Every exported module also brings this flake's binaries (built with its nixpkgs, whose
+      # Rust is new enough) as the defaults of nixboot.packages, whichever nixpkgs the machine
+      # uses. Keyed, so that importing several of the modules defines them once.
+      flakePackages = {
+        key = "nixboot-flake#packages";
+        imports = [
+          ({ lib, pkgs, ... }:
+            let p = self.packages.${pkgs.stdenv.hostPlatform.system} or null; in {
+              config = lib.mkIf (p != null) {
+                nixboot.packages = lib.mkDefault {
+                  inherit (p) init mkinitrd;
+                  launcher = p.nixboot-qemu;
+                };
+              };
+            })
+        ];
+      };
+      withFlakePackages = module: {
+        key = "nixboot-flake#${toString module}";
+        imports = [ module flakePackages ];
+      };
     in
     {
       # pkgs.nixboot.{init,mkinitrd,nixboot-qemu}
@@ -36,7 +60,7 @@
 
       # backends.imageless, backends.libvirt, baremetal, profiles.controller, user,
       # mounts.shares, mounts.storage, default (all of them; nothing enabled)
-      nixosModules = import ./nixos/modules/module-list.nix;
+      nixosModules = lib.mapAttrsRecursive (_: withFlakePackages) (import ./nixos/modules/module-list.nix);
 
       templates = {
         imageless = {

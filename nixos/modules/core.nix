@@ -11,6 +11,10 @@
 # The extension `org.nixboot.v1` repeats it with nixboot's own facts (mode, virtiofs tags,
 # whether the kernel is external) for launchers that want them.
 #
+# Both closure flavours boot: scripted stage 1 (toplevel/init is the stage-2 script, exec'd
+# by the init) and `boot.initrd.systemd.enable` (toplevel/init is systemd; the init runs
+# toplevel/prepare-root first). NixOS's own initrd is never built in either case.
+#
 # With an external kernel (`boot.kernel.enable = false`) nixpkgs' bootspec writer would still
 # put `${boot.kernelPackages.kernel}/bzImage` into boot.json (and so a NixOS kernel into the
 # build); we then replace the writer (`boot.bootspec.writer`) with one that writes the same
@@ -258,13 +262,6 @@ in
         {
           assertion = config.boot.initrd.enable;
           message = "nixboot: boot.initrd.enable must stay true: bootspec lists an initrd (ours) only then.";
-        }
-        {
-          assertion = !config.boot.initrd.systemd.enable;
-          message = ''
-            nixboot: boot.initrd.systemd.enable contradicts nixboot's initrd. With the systemd
-            initrd, toplevel/init is systemd and stage 2 lives in prepare-root, which only a
-            systemd initrd runs; nixboot's init execs toplevel/init directly.'';
         }
         {
           assertion = config.boot.initrd.secrets == { };

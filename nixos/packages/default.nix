@@ -5,8 +5,14 @@
 #   init          the PID 1 of the initramfs: static, linked against musl (pkgsStatic)
 #   mkinitrd      the packer; its default `--init` is `${init}/bin/init`
 #   nixboot-qemu  the QEMU + virtiofsd launcher (crate qemu-tests)
+#
+# The workspace and its locked dependencies need Rust >= 1.85 (edition 2024 crates): nixpkgs
+# 25.05 or newer. The flake builds these with its own nixpkgs and hands them to the modules,
+# whatever nixpkgs the machine itself uses.
 { pkgs, lib ? pkgs.lib }:
 let
+  minRust = "1.85";
+  rustTooOld = lib.versionOlder pkgs.rustc.version minRust;
   src = import ./source.nix { inherit lib; };
   version = (lib.importTOML ../../Cargo.toml).workspace.package.version;
   lockFile = ../../Cargo.lock;
@@ -64,7 +70,9 @@ let
       mainProgram = "nixboot-qemu";
     };
   };
+  warn = lib.warnIf rustTooOld
+    "nixboot: this nixpkgs has rustc ${pkgs.rustc.version}; building nixboot needs >= ${minRust} (nixpkgs 25.05 or newer)";
 in
-{
+warn {
   inherit init mkinitrd nixboot-qemu;
 }

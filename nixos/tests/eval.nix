@@ -82,6 +82,13 @@ let
       check = checker "imageless";
       c = examples.example-imageless.config;
       x = examples.example-imageless-external-kernel.config;
+      s = (nixosSystem {
+        modules = [
+          modules.default
+          ../templates/imageless/configuration.nix
+          { nixpkgs.hostPlatform = "x86_64-linux"; boot.initrd.systemd.enable = true; }
+        ];
+      }).config;
       kver = c.boot.kernelPackages.kernel.modDirVersion;
     in
     {
@@ -108,7 +115,14 @@ let
         (check (elem "nixboot.modules=modules" (params x)) "external kernel: kernelParams nixboot.modules=modules")
         (check (x.nixboot.initrd.modulesDir == null) "external kernel: the initrd packs no modules")
       ] ++ initrdFacts check x
-      ++ lib.optionals readDrvs (
+      ++ [
+        # The other closure flavour: systemd in stage 1, so toplevel/init is systemd and
+        # stage 2 is toplevel/prepare-root (the init runs it before the switch).
+        (check (s.boot.initrd.systemd.enable && s.system.build.initialRamdisk.drvPath == s.system.build.nixbootInitrd.drvPath)
+          "systemd-stage-1 flavour: nixboot's initrd still replaces NixOS's")
+      ] ++ lib.optionals readDrvs [
+        (check (hasInfix "$out/prepare-root" (drvText s.system.build.toplevel)) "systemd-stage-1 flavour: the toplevel has prepare-root")
+      ] ++ lib.optionals readDrvs (
         let bj = bootJson x; in [
           (check (bj.doc."org.nixos.bootspec.v1".kernel == x.nixboot.kernel.externalImage)
             "external kernel: boot.json kernel = ${x.nixboot.kernel.externalImage}")
@@ -119,6 +133,8 @@ let
         ]) ++ [
         (toplevelFact check x)
       ]);
+      # For the runner: the external-kernel toplevel's build graph must hold no Linux kernel.
+      noKernel = [ x.system.build.toplevel.drvPath ];
     };
 
   # ------------------------------------------------------------------ libvirt
@@ -178,15 +194,18 @@ let
       ] ++ lib.optionals readDrvs (
         let
           nt = drvText netboot;
-          embedded = lib.findFirst (p: hasSuffix "-nixboot-initrd-embedded-store.drv" p) null
-            (builtins.attrNames (builtins.getContext (builtins.readFile netboot.drvPath)));
+          kt = drvText kexec;
+          embedded = c.system.build.nixbootEmbeddedInitrd;
+          et = drvText embedded;
         in
         [
-          (check (hasInfix "netboot.ipxe" nt && hasInfix "#!ipxe" nt) "netboot: kernel + initrd + iPXE script")
-          (check (hasInfix "--embed-store" (drvText kexec) || hasInfix "nixboot-initrd-embedded-store" (drvText kexec))
-            "kexec: tarball with the embedded-store initrd")
-          (check (hasInfix "nixboot-initrd-embedded-store" nt) "netboot: the embedded-store initrd")
-          (check (hasInfix "kexec-run.sh" (drvText kexec) && hasInfix "tar " (drvText kexec)) "kexec: run script, tarball")
+          (check (hasInfix "'--embed-store'" et && hasInfix "'--closure' '${ram.system.build.toplevel}'" et
+            && hasInfix "NIXBOOT_CLOSURE_INFO" et)
+            "embedded-store initrd: mkinitrd --closure <RAM toplevel> --embed-store")
+          (check (hasInfix "#!ipxe" nt && hasInfix "netboot.ipxe" nt && hasInfix embedded.outPath nt)
+            "netboot: kernel + that initrd + iPXE script")
+          (check (hasInfix embedded.outPath kt && hasInfix "kexec-run.sh" kt && hasInfix "tar " kt)
+            "kexec: tarball with that initrd, static kexec and the run script")
         ]) ++ [
         (toplevelFact check c)
       ]);
@@ -253,8 +272,8 @@ let
         (rejects "a guest whose system lacks its mode's backend" "does not enable nixboot.backends.libvirt"
           [ disk { nixboot.profiles.controller.enable = true;
                    nixboot.controller.guests.wrong = { mode = "libvirt"; system = examples.example-imageless; }; } ])
-        (rejects "the systemd initrd" "boot.initrd.systemd.enable contradicts"
-          [{ nixboot.backends.imageless.enable = true; boot.initrd.systemd.enable = true; }])
+        (rejects "initrd secrets (the init does not read them)" "boot.initrd.secrets is not supported"
+          [{ nixboot.backends.imageless.enable = true; boot.initrd.secrets."/etc/key" = ./eval.nix; }])
         (rejects "baremetal without a real kernel" "baremetal needs a real kernel"
           [ disk { nixboot.baremetal.enable = true; boot.kernel.enable = false; } ])
         (check (failed [{ nixboot.backends.imageless.enable = true; }] == [ ]) "a plain imageless machine passes every assertion")
@@ -279,9 +298,36 @@ let
           "nixosModules: backends.{imageless,libvirt} baremetal profiles.controller user mounts.{shares,storage} default")
         (check (all (t: builtins.pathExists (flake.templates.${t}.path + "/flake.nix")) [ "imageless" "libvirt" ])
           "templates: imageless, libvirt")
+        (let
+          outputs = t:
+            let out = (import (flake.templates.${t}.path + "/flake.nix")).outputs {
+              self = out;
+              nixpkgs = { lib = { inherit nixosSystem; }; };
+              nixboot = flake;
+            };
+            in out;
+          imageless = outputs "imageless";
+          libvirt = outputs "libvirt";
+        in
+        check (hasSuffix ".drv" imageless.packages.x86_64-linux.default.drvPath
+          && imageless.nixosConfigurations.guest.config.nixboot.backends.imageless.enable
+          && libvirt.nixosConfigurations.guest.config.nixboot.backends.libvirt.firstBoot.enable
+          && hasSuffix "-image" libvirt.packages.x86_64-linux.default.name)
+          "template flakes evaluate with this flake as input (imageless toplevel instantiates, libvirt image)")
         (check (all (n: flake.checks.x86_64-linux ? ${n}) [ "imageless" "libvirt" "baremetal" "controller" "controller-xml" ])
           "checks: one per mode, controller-xml")
         (check (builtins.isFunction flake.overlays.default) "overlays.default")
+        (let o = examples.example-imageless.options.nixboot.packages; in
+        check (o.init.highestPrio == 1000 && o.mkinitrd.highestPrio == 1000
+          && examples.example-imageless.config.nixboot.packages.init.drvPath == p.init.drvPath)
+          "nixosModules bring this flake's packages as nixboot.packages defaults")
+        (let
+          sys = nixosSystem { modules = [ modules.default { nixpkgs.hostPlatform = "x86_64-linux"; system.stateVersion = "24.05"; } ]; };
+          doc = sys.pkgs.nixosOptionsDoc { options = { inherit (sys.options) nixboot; }; };
+          rendered = lib.mapAttrs (_: o: removeAttrs o [ "declarations" ]) doc.optionsNix;
+        in
+        check (builtins.stringLength (builtins.toJSON rendered) > 0 && rendered ? "nixboot.controller.guests.<name>.system")
+          "option documentation of nixboot.* renders (${toString (builtins.length (builtins.attrNames rendered))} options)")
       ];
     };
 in

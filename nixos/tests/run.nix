@@ -4,6 +4,8 @@
 #
 #   nix-instantiate --read-write-mode --eval --strict --json nixos/tests/run.nix \
 #     --arg nixpkgs /path/to/nixpkgs --argstr mode imageless
+#
+# modes: imageless libvirt baremetal controller assertions flake
 { nixpkgs, mode, repo ? ../.. }:
 let
   offline = import ./offline.nix;
@@ -24,11 +26,18 @@ let
     nixpkgs = nixpkgsInput;
   };
 
+  inherit (nixpkgsInput) lib;
   results = import ./eval.nix {
-    inherit (nixpkgsInput) lib;
+    inherit lib;
     examples = flake.nixosConfigurations;
     inherit nixosSystem flake;
     modules = flake.nixosModules;
   };
+  r = results.${mode};
 in
-results.${mode}
+# One line per property, then requests for the runner: "xml <guest> <file>" (the
+# controller's domain XML, written to the store with builtins.toFile, no build) for
+# virt-xml-validate, and "nokernel <drv>" (a derivation whose build graph must hold no kernel).
+r.facts
+++ lib.mapAttrsToList (name: xml: "xml ${name} ${builtins.toFile "nixboot-guest-${name}.xml" xml}") (r.xml or { })
+++ map (drv: "nokernel ${builtins.unsafeDiscardStringContext drv}") (r.noKernel or [ ])

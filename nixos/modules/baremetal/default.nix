@@ -38,33 +38,30 @@ let
   ramToplevel = ramConfig.system.build.toplevel;
   ramCmdline = "init=${ramToplevel}/init ${toString ramConfig.boot.kernelParams}";
 
-  # Our initrd with the RAM system's whole closure inside. A Nix build cannot ask the Nix
-  # database for the closure, so it is handed over as a closureInfo (`store-paths`, one path
-  # a line; `registration` for `nix-store --load-db`) in NIXBOOT_CLOSURE_INFO.
+  # Our initrd with the RAM system's whole closure inside (`embedded_store` in its
+  # configuration: the init copies the store into the tmpfs root and mounts no share). A Nix
+  # build cannot ask the Nix database for the closure, so it is handed over as a closureInfo
+  # in NIXBOOT_CLOSURE_INFO, whose `store-paths` mkinitrd packs.
+  embeddedArgs = [
+    "--closure" "${ramToplevel}"
+    "--embed-store"
+    "-o" "${placeholder "out"}/initrd"
+    "--init" "${config.nixboot.packages.init}/bin/init"
+    "--compress" ramConfig.nixboot.initrd.compress
+  ] ++ lib.optionals (ramConfig.nixboot.initrd.modulesDir != null)
+    ([ "--kernel-modules" "${ramConfig.nixboot.initrd.modulesDir}" ]
+     ++ lib.concatMap (m: [ "--module" m ]) (lib.unique ramConfig.nixboot.initrd.kernelModules))
+  ++ ramConfig.nixboot.initrd.extraArgs;
+
   embeddedInitrd = pkgs.runCommand "nixboot-initrd-embedded-store"
     {
       nativeBuildInputs = [ config.nixboot.packages.mkinitrd ];
       NIXBOOT_CLOSURE_INFO = pkgs.closureInfo { rootPaths = [ ramToplevel ]; };
-      fallbackCmdline = ramCmdline;
+      cmdline = ramCmdline;
     } ''
     mkdir -p $out
-    mkinitrd ${lib.escapeShellArgs ([
-      "--closure" "${ramToplevel}"
-      "--embed-store"
-      "-o" "${placeholder "out"}/initrd"
-      "--init" "${config.nixboot.packages.init}/bin/init"
-      "--compress" ramConfig.nixboot.initrd.compress
-    ] ++ lib.optionals (ramConfig.nixboot.initrd.modulesDir != null)
-      ([ "--kernel-modules" "${ramConfig.nixboot.initrd.modulesDir}" ]
-       ++ lib.concatMap (m: [ "--module" m ]) (lib.unique ramConfig.nixboot.initrd.kernelModules))
-      ++ ramConfig.nixboot.initrd.extraArgs)} --print-cmdline > printed-cmdline
-    # The command line mkinitrd prints knows what the embedded store needs; without one,
-    # fall back to the closure's init and kernel parameters.
-    if grep -q 'init=' printed-cmdline; then
-      tr -s ' \n' '  ' < printed-cmdline | sed 's/ *$//' > $out/cmdline
-    else
-      printf '%s' "$fallbackCmdline" > $out/cmdline
-    fi
+    mkinitrd ${lib.escapeShellArgs embeddedArgs}
+    printf '%s' "$cmdline" > $out/cmdline
   '';
 
   kernelImage = "${config.system.build.kernel}/${kernelFile}";
@@ -180,6 +177,7 @@ in
       # Real disks keep their store: nix works again.
       nix.enable = lib.mkOverride 900 true;
 
+      system.build.nixbootEmbeddedInitrd = embeddedInitrd;
       system.build.nixbootNetboot = netboot;
       system.build.nixbootKexec = kexec;
       # The RAM-only variant itself (an evaluated configuration), for inspection and tests.

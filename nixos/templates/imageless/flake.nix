@@ -2,7 +2,7 @@
   description = "An imageless NixOS guest: tmpfs root, /nix/store from the host over virtiofs, booted by nixboot";
 
   inputs = {
-    nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.05";
+    nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.05";
     # Where you got nixboot from (a local checkout works too: "path:/home/me/nixboot").
     nixboot.url = "git+https://example.invalid/nixboot";
     nixboot.inputs.nixpkgs.follows = "nixpkgs";

@@ -2,7 +2,7 @@
   description = "A NixOS libvirt guest: qcow2 image, ext4 root on /dev/vda1, grub, booted through nixboot's initrd";
 
   inputs = {
-    nixpkgs.url = "github:NixOS/nixpkgs/nixos-24.05";
+    nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.05";
     # Where you got nixboot from (a local checkout works too: "path:/home/me/nixboot").
     nixboot.url = "git+https://example.invalid/nixboot";
     nixboot.inputs.nixpkgs.follows = "nixpkgs";
