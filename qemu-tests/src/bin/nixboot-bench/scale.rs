@@ -1,0 +1,368 @@
+//! The scale run: K imageless guests (tmpfs root; the store and the kernel modules over
+//! virtiofs, one virtiofsd per share and guest, all serving the same host directories)
+//! started at once with nixboot's initrd. Measures the wall time until every guest's
+//! stage 2 reported, and each guest's host memory (QEMU plus its two virtiofsd) from
+//! /proc/<pid>/smaps_rollup, sampled when that guest's stage 2 reported (stage 2 then
+//! waits, so the sample sees a live guest; QEMU is killed once all are sampled).
+
+use crate::boot::{CPUS, MEMORY_MB};
+use crate::peers::Built;
+use crate::{say, Ctx};
+use anyhow::{Context, Result};
+use qemu_tests::console::PROBE_MARKER;
+use qemu_tests::qemu::{self, VmConfig};
+use qemu_tests::virtiofsd::Virtiofsd;
+use qemu_tests::Share;
+use serde::{Deserialize, Serialize};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Memory of one process (kB, from smaps_rollup).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Mem {
+    pub rss_kb: u64,
+    pub pss_kb: u64,
+    /// The part of PSS that is shared memory: the guest's RAM (a memfd QEMU and virtiofsd
+    /// both map).
+    pub pss_shmem_kb: u64,
+}
+
+impl std::ops::Add for Mem {
+    type Output = Mem;
+    fn add(self, o: Mem) -> Mem {
+        Mem {
+            rss_kb: self.rss_kb + o.rss_kb,
+            pss_kb: self.pss_kb + o.pss_kb,
+            pss_shmem_kb: self.pss_shmem_kb + o.pss_shmem_kb,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Guest {
+    pub ok: bool,
+    pub error: Option<String>,
+    /// From the start of the whole group to this guest's stage-2 report (host clock).
+    pub host_to_stage2: Option<f64>,
+    /// The kernel log's timestamp of stage 2's first line.
+    pub stage2: Option<f64>,
+    pub run_init: Option<f64>,
+    pub qemu: Mem,
+    /// Both virtiofsd together.
+    pub virtiofsd: Mem,
+}
+
+/// One group of K guests started at once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Group {
+    pub k: usize,
+    pub rep: usize,
+    /// From the start of the first launch until the last guest's stage 2 reported (None if
+    /// one never did).
+    pub wall_all: Option<f64>,
+    pub guests: Vec<Guest>,
+}
+
+pub fn run(ctx: &Ctx, ours: &Built) -> Result<Vec<Group>> {
+    let mut groups = Vec::new();
+    let dir = ctx.run_dir.join("scale");
+    std::fs::create_dir_all(&dir)?;
+    for rep in 1..=ctx.cli.scale_runs.max(1) {
+        for &k in &ctx.cli.scale {
+            let g = group(ctx, ours, k, rep, &dir)?;
+            let mem: Vec<f64> = g
+                .guests
+                .iter()
+                .map(|x| (x.qemu + x.virtiofsd).pss_kb as f64 / 1024.0)
+                .collect();
+            say!(
+                "scale K={k} rep {rep}: all at stage 2 after {}; PSS per guest {:.0} MiB (median); {} of {k} ok",
+                g.wall_all
+                    .map_or("(not all reached it)".to_string(), |w| format!("{w:.2} s")),
+                crate::stats::summarize(&mem).map_or(f64::NAN, |s| s.median),
+                g.guests.iter().filter(|x| x.ok).count()
+            );
+            groups.push(g);
+        }
+    }
+    Ok(groups)
+}
+
+struct Running {
+    qemu: Child,
+    daemons: Vec<Virtiofsd>,
+    daemon_pids: Vec<i32>,
+    _sockdir: tempfile::TempDir,
+    console: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+enum Event {
+    Stage2 {
+        guest: usize,
+        at: Instant,
+        line: String,
+    },
+    Eof {
+        guest: usize,
+    },
+}
+
+fn group(ctx: &Ctx, ours: &Built, k: usize, rep: usize, dir: &Path) -> Result<Group> {
+    let cmdline = format!(
+        "console=ttyS0,115200 panic=-1 quiet root=tmpfs init={} bench.hold{}",
+        ctx.shares.system_init,
+        ctx.cli
+            .append
+            .as_deref()
+            .map(|a| format!(" {}", a.trim()))
+            .unwrap_or_default()
+    );
+    let modules_dir = qemu_tests::bootspec::modules_share_dir(&ctx.env.modules)?;
+    let (tx, rx) = mpsc::channel::<Event>();
+    let start = Instant::now();
+    let mut guests: Vec<Running> = Vec::new();
+    let timeout = Duration::from_secs(ctx.cli.timeout);
+    for i in 0..k {
+        let sockdir = tempfile::Builder::new()
+            .prefix("nixboot-bench.")
+            .tempdir()?;
+        let mut daemons = Vec::new();
+        for (j, share) in [
+            Share::new("store", &ctx.shares.store)?.readonly(),
+            Share::new("modules", &modules_dir)?.readonly(),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let sock = sockdir.path().join(format!("vfs{j}.sock"));
+            daemons.push(
+                Virtiofsd::start(&ctx.env.virtiofsd, share, &sock, Duration::from_secs(10))
+                    .context("starting virtiofsd")?,
+            );
+        }
+        let daemon_pids = daemons
+            .iter()
+            .filter_map(|d| pid_with_arg(&format!("--socket-path={}", d.socket.display())))
+            .collect();
+        let mut cfg = VmConfig::new(&ctx.env.kernel, Some(ours.image.clone()), cmdline.clone());
+        cfg.memory_mb = MEMORY_MB;
+        cfg.cpus = CPUS;
+        cfg.extra_qemu_args = ctx.cli.qemu_args.clone();
+        let args = qemu::qemu_args(&cfg, ctx.accel, &daemons);
+        let mut cmd = Command::new(&ctx.env.qemu);
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        die_with_parent(&mut cmd);
+        let mut child = cmd.spawn().context("starting QEMU")?;
+        let out = child.stdout.take();
+        let tx = tx.clone();
+        let console = std::thread::spawn(move || read_console(i, out, &tx));
+        guests.push(Running {
+            qemu: child,
+            daemons,
+            daemon_pids,
+            _sockdir: sockdir,
+            console: Some(console),
+        });
+    }
+    drop(tx);
+
+    let mut results: Vec<Option<Guest>> = vec![None; k];
+    let mut pending = k;
+    while pending > 0 {
+        let left = timeout.saturating_sub(start.elapsed());
+        let ev = match rx.recv_timeout(left) {
+            Ok(ev) => ev,
+            Err(_) => break,
+        };
+        match ev {
+            Event::Stage2 { guest, at, line } => {
+                if results[guest].is_some() {
+                    continue;
+                }
+                let g = &guests[guest];
+                let qemu_mem = smaps_rollup(g.qemu.id() as i32).unwrap_or_default();
+                let vfs_mem = g
+                    .daemon_pids
+                    .iter()
+                    .filter_map(|p| smaps_rollup(*p))
+                    .fold(Mem::default(), |a, b| a + b);
+                let json = line
+                    .find(PROBE_MARKER)
+                    .map(|p| line[p + PROBE_MARKER.len()..].trim().to_string())
+                    .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok());
+                let num = |key: &str| json.as_ref().and_then(|v| v.get(key)?.as_f64());
+                results[guest] = Some(Guest {
+                    ok: true,
+                    error: None,
+                    host_to_stage2: Some(at.duration_since(start).as_secs_f64()),
+                    stage2: num("stage2"),
+                    run_init: num("run_init"),
+                    qemu: qemu_mem,
+                    virtiofsd: vfs_mem,
+                });
+                pending -= 1;
+            }
+            Event::Eof { guest } => {
+                if results[guest].is_none() {
+                    results[guest] = Some(Guest {
+                        ok: false,
+                        error: Some("QEMU exited before stage 2 reported".into()),
+                        host_to_stage2: None,
+                        stage2: None,
+                        run_init: None,
+                        qemu: Mem::default(),
+                        virtiofsd: Mem::default(),
+                    });
+                    pending -= 1;
+                }
+            }
+        }
+    }
+
+    for (i, mut g) in guests.into_iter().enumerate() {
+        let _ = g.qemu.kill();
+        let _ = g.qemu.wait();
+        for d in g.daemons.iter_mut() {
+            d.stop();
+        }
+        if let Some(t) = g.console.take() {
+            let bytes = t.join().unwrap_or_default();
+            let _ = std::fs::write(dir.join(format!("k{k}-rep{rep}-guest{i}.log")), bytes);
+        }
+    }
+    let guests: Vec<Guest> = results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or(Guest {
+                ok: false,
+                error: Some(format!("no stage 2 within {} s", timeout.as_secs())),
+                host_to_stage2: None,
+                stage2: None,
+                run_init: None,
+                qemu: Mem::default(),
+                virtiofsd: Mem::default(),
+            })
+        })
+        .collect();
+    let wall_all = if guests.iter().all(|g| g.ok) {
+        guests
+            .iter()
+            .filter_map(|g| g.host_to_stage2)
+            .reduce(f64::max)
+    } else {
+        None
+    };
+    Ok(Group {
+        k,
+        rep,
+        wall_all,
+        guests,
+    })
+}
+
+/// Reads a guest's console to its end; reports the stage-2 line as soon as it arrives.
+fn read_console(
+    guest: usize,
+    out: Option<std::process::ChildStdout>,
+    tx: &mpsc::Sender<Event>,
+) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut line_start = 0;
+    let mut reported = false;
+    if let Some(mut out) = out {
+        let mut buf = [0u8; 8192];
+        loop {
+            match out.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    all.extend_from_slice(&buf[..n]);
+                    while let Some(nl) = all[line_start..].iter().position(|b| *b == b'\n') {
+                        let line =
+                            String::from_utf8_lossy(&all[line_start..line_start + nl]).into_owned();
+                        line_start += nl + 1;
+                        if !reported && line.contains(PROBE_MARKER) {
+                            reported = true;
+                            let _ = tx.send(Event::Stage2 {
+                                guest,
+                                at: Instant::now(),
+                                line,
+                            });
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+    }
+    let _ = tx.send(Event::Eof { guest });
+    all
+}
+
+/// The process whose command line contains `arg` exactly (our virtiofsd, by its socket).
+fn pid_with_arg(arg: &str) -> Option<i32> {
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(PathBuf::from("/proc").join(pid.to_string()).join("cmdline"))
+        {
+            if cmd.split(|b| *b == 0).any(|a| a == arg.as_bytes()) {
+                return Some(pid);
+            }
+        }
+    }
+    None
+}
+
+/// Rss, Pss and Pss_Shmem of a live process.
+pub fn smaps_rollup(pid: i32) -> Option<Mem> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let mut m = Mem::default();
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(key), Some(val)) = (it.next(), it.next()) else {
+            continue;
+        };
+        let Ok(v) = val.parse::<u64>() else { continue };
+        match key {
+            "Rss:" => m.rss_kb = v,
+            "Pss:" => m.pss_kb = v,
+            "Pss_Shmem:" => m.pss_shmem_kb = v,
+            _ => {}
+        }
+    }
+    Some(m)
+}
+
+/// QEMU dies with the bench (as the launcher library does for its children).
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_smaps_rollup_parses() {
+        let m = smaps_rollup(std::process::id() as i32).expect("smaps_rollup");
+        assert!(
+            m.rss_kb > 0 && m.pss_kb > 0 && m.pss_kb <= m.rss_kb,
+            "{m:?}"
+        );
+    }
+}
