@@ -46,32 +46,11 @@ pub fn run() -> ! {
     let console = report::ensure_console();
     let end = report::now();
     timings.record("early-mounts", init_start, end);
-    log(
-        "init",
-        &format!("nixboot init {} starting", env!("CARGO_PKG_VERSION")),
-    );
-    match console {
-        Ok(true) => log(
-            "console",
-            "the kernel gave us no console; opened /dev/console",
-        ),
-        Ok(false) => {}
-        Err(e) => log(
-            "console",
-            &format!("cannot open /dev/console: {}", report::errno(e)),
-        ),
-    }
     if let Some(f) = early_failure {
         fail(f)
     }
-    log(
-        "early-mounts",
-        &format!(
-            "devtmpfs /dev, proc /proc, sysfs /sys, tmpfs /run ({})",
-            ms(end.saturating_sub(init_start))
-        ),
-    );
 
+    // The command line comes before the first informational line: it says whether to be quiet.
     failure::set_step("cmdline");
     let t = report::now();
     let raw = match std::fs::read("/proc/cmdline") {
@@ -83,12 +62,36 @@ pub fn run() -> ! {
     };
     let opts = cmdline::parse(raw.trim_end());
     failure::set_action(opts.emergency);
+    report::set_quiet(opts.quiet && !opts.debug);
     timings.record("cmdline", t, report::now());
+
+    log(
+        "init",
+        &format!("nixboot init {} starting", env!("CARGO_PKG_VERSION")),
+    );
+    match console {
+        Ok(true) => log(
+            "console",
+            "the kernel gave us no console; opened /dev/console",
+        ),
+        Ok(false) => {}
+        Err(e) => report::notice(
+            "console",
+            &format!("cannot open /dev/console: {}", report::errno(e)),
+        ),
+    }
+    log(
+        "early-mounts",
+        &format!(
+            "devtmpfs /dev, proc /proc, sysfs /sys, tmpfs /run ({})",
+            ms(end.saturating_sub(init_start))
+        ),
+    );
     if opts.debug {
         log("cmdline", raw.trim_end());
     }
     for w in &opts.warnings {
-        log("cmdline", &format!("WARNING: {w}"));
+        report::notice("cmdline", &format!("WARNING: {w}"));
     }
 
     failure::set_step("config");

@@ -54,6 +54,9 @@ pub struct Options {
     pub tmpfs_size: String,
     /// `rd.debug` / `nixboot.debug`: log the plan and the details of every wait.
     pub debug: bool,
+    /// The kernel's `quiet`: the init then prints only warnings, failures and its status
+    /// line (serial output is slow in emulated guests; the timings file keeps the detail).
+    pub quiet: bool,
     /// Everything after a standalone `--`: handed to the next init untouched.
     pub init_args: Vec<String>,
     /// Malformed values of our keys, in command-line order (each value was ignored).
@@ -174,6 +177,7 @@ impl Default for Options {
             driver_blacklist: Vec::new(),
             tmpfs_size: DEFAULT_TMPFS_SIZE.to_string(),
             debug: false,
+            quiet: false,
             init_args: Vec::new(),
             warnings: Vec::new(),
         }
@@ -285,6 +289,8 @@ fn apply_one(o: &mut Options, key: &str, value: Option<&str>) -> Result<(), Stri
             }
             _ => return Err("needs a value, ignored".into()),
         },
+        // The kernel's own switch; it takes no value there either (a value is ignored).
+        "quiet" => o.quiet = true,
         "ro" | "rw" => match value {
             None => o.read_only = Some(key == "ro"),
             Some(v) => return Err(format!("takes no value (got {v:?}), ignored")),
@@ -519,6 +525,14 @@ mod tests {
     }
 
     #[test]
+    fn quiet_is_the_kernel_switch() {
+        assert!(parse("console=ttyS0 quiet init=/x").quiet);
+        assert!(!parse("console=ttyS0 init=/x").quiet);
+        // After `--` it belongs to the next init.
+        assert!(!parse("init=/x -- quiet").quiet);
+    }
+
+    #[test]
     fn seed_command_line() {
         let o = parse(SEED);
         assert_eq!(
@@ -618,7 +632,7 @@ mod tests {
     #[test]
     fn unknown_keys_are_ignored() {
         let o =
-            parse("quiet loglevel=3 systemd.unit=rescue.target foo.bar=\"x y\" 8250.nr_uarts=1");
+            parse("splash loglevel=3 systemd.unit=rescue.target foo.bar=\"x y\" 8250.nr_uarts=1");
         assert_eq!(
             o,
             Options::default(),

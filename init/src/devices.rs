@@ -199,7 +199,7 @@ pub fn wait_block(
         Ok(r) => {
             let (node, candidate, others) = r.value;
             if !others.is_empty() {
-                report::log(
+                report::notice(
                     step,
                     &format!("WARNING: more devices match {shown} ({others}); using {node}"),
                 );

@@ -97,7 +97,7 @@ pub fn fail(f: Failure) -> ! {
     }
     for (i, line) in f.error.lines().enumerate() {
         let lead = if i == 0 { "FAILED: " } else { "  " };
-        report::log(f.step, &format!("{lead}{line}"));
+        report::notice(f.step, &format!("{lead}{line}"));
     }
     // Every failure says what to check, even one no step expects.
     let fallback = Some("the kernel log (dmesg) and the lines above".to_string());
@@ -109,13 +109,13 @@ pub fn fail(f: Failure) -> ! {
     for (label, text) in [("tried", &f.tried), ("check", check)] {
         if let Some(text) = text {
             for line in text.lines() {
-                report::log(f.step, &format!("  {label}: {line}"));
+                report::notice(f.step, &format!("  {label}: {line}"));
             }
         }
     }
     let mut act_as = action();
     if act_as == Emergency::Shell && !shell_exists() {
-        report::log(
+        report::notice(
             "failure",
             &format!("rd.emergency=shell but there is no {SHELL}; powering off instead"),
         );
@@ -136,7 +136,7 @@ fn shell_exists() -> bool {
 fn act(a: Emergency) -> ! {
     let (cmd, what) = match a {
         Emergency::Shell => {
-            report::log(
+            report::notice(
                 "failure",
                 &format!("starting {SHELL}; leaving it powers off"),
             );
@@ -163,7 +163,7 @@ fn act(a: Emergency) -> ! {
                 Ok(mut child) => {
                     let _ = child.wait();
                 }
-                Err(e) => report::log("failure", &format!("could not start {SHELL}: {e}")),
+                Err(e) => report::notice("failure", &format!("could not start {SHELL}: {e}")),
             }
             (rustix::system::RebootCommand::PowerOff, "power off")
         }
@@ -174,7 +174,7 @@ fn act(a: Emergency) -> ! {
     // Unwritten data (the timings file, logs on disks) goes out before the machine does.
     rustix::fs::sync();
     if let Err(e) = rustix::system::reboot(cmd) {
-        report::log(
+        report::notice(
             "failure",
             &format!(
                 "reboot({what}) failed: {}; sleeping forever",

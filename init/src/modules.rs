@@ -24,7 +24,7 @@ pub fn check_kernel_version(expected: Option<&str>) {
     let uname = rustix::system::uname();
     let running = uname.release().to_string_lossy();
     if running != expected {
-        report::log(
+        report::notice(
             STEP,
             &format!(
                 "WARNING: the initrd's modules are for kernel {expected}, but this is {running}; \

@@ -39,8 +39,22 @@ pub fn write_console(bytes: &[u8]) {
     }
 }
 
-/// Logs one human line at the current time.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `quiet` on the command line (and no `rd.debug`): [`log`] lines are dropped from then on.
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Logs one informational line (a step done, a note) at the current time; `quiet` hides it.
 pub fn log(step: &str, message: &str) {
+    if !QUIET.load(std::sync::atomic::Ordering::Relaxed) {
+        notice(step, message);
+    }
+}
+
+/// Logs a line that `quiet` does not hide: warnings and failures.
+pub fn notice(step: &str, message: &str) {
     write_console(format_line(now(), step, message).as_bytes());
 }
 

@@ -290,6 +290,9 @@ pub fn qemu_args(cfg: &VmConfig, accel: Accel, daemons: &[Virtiofsd]) -> Vec<Str
             // clearing escapes would wipe the user's terminal.
             "-display",
             "none",
+            // i440fx, pinned: bootspec::BASE_PARAMS's pci=noacpi relies on its BIOS IRQ table.
+            "-machine",
+            "pc",
             "-nodefaults",
             "-no-reboot",
             // The console multiplexed with the monitor, as -serial mon:stdio does, so an

@@ -173,7 +173,7 @@ pub fn chmod(p: &Path, mode: u32) {
 /// One boot's settings.
 #[derive(Default)]
 pub struct Boot {
-    /// Kernel parameters after `console=ttyS0,115200 panic=-1`.
+    /// Kernel parameters after the launcher's `bootspec::BASE_PARAMS`.
     pub params: Vec<String>,
     /// After ` -- `: the next init's arguments.
     pub init_args: Vec<String>,
@@ -222,7 +222,10 @@ impl Boot {
 
 /// Boots `initrd` once.
 pub fn boot(kit: &Kit, initrd: &Path, b: Boot) -> Outcome {
-    let mut cmdline = vec!["console=ttyS0,115200".to_string(), "panic=-1".to_string()];
+    let mut cmdline: Vec<String> = qemu_tests::bootspec::BASE_PARAMS
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
     cmdline.extend(b.params);
     if !b.init_args.is_empty() {
         cmdline.push("--".into());

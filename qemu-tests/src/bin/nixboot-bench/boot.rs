@@ -13,8 +13,14 @@ use std::time::Duration;
 /// Guest RAM and vCPUs of every boot (peers.md's method).
 pub const MEMORY_MB: u32 = 1024;
 pub const CPUS: u32 = 1;
-/// The kernel command line every initrd gets, before its root= words.
-pub const BASE_CMDLINE: &str = "console=ttyS0,115200 panic=-1 quiet init=/sbin/init";
+/// The kernel command line every initrd gets, before its root= words: the launcher's base
+/// parameters (the same for every peer), quiet, and the stage-2 stamp as init.
+pub fn base_cmdline() -> String {
+    format!(
+        "{} quiet init=/sbin/init",
+        qemu_tests::bootspec::BASE_PARAMS.join(" ")
+    )
+}
 
 /// The directories shared with the guests.
 #[derive(Debug, Clone)]
@@ -163,7 +169,7 @@ pub struct BootRecord {
 
 /// The kernel command line of one initrd.
 pub fn cmdline(ctx: &Ctx, kind: Kind) -> String {
-    let mut c = format!("{BASE_CMDLINE} {}", kind.root_args());
+    let mut c = format!("{} {}", base_cmdline(), kind.root_args());
     if let Some(a) = ctx
         .cli
         .append

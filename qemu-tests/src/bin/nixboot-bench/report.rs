@@ -1,7 +1,7 @@
 //! The report: `benchmark.md` (tables), `benchmark.json` (every measurement),
 //! `benchmark.png` (chart), and the README's copy of the main table and the chart.
 
-use crate::boot::{BootRecord, BASE_CMDLINE, CPUS, MEMORY_MB};
+use crate::boot::{base_cmdline, BootRecord, CPUS, MEMORY_MB};
 use crate::peers::{command_output, Built, Kind};
 use crate::scale::Group;
 use crate::stats::{summarize, Summary};
@@ -165,7 +165,7 @@ impl Report {
                 .map(|s| s.trim().to_string())
                 .unwrap_or_default(),
             kernel: ctx.kver.clone(),
-            base_cmdline: BASE_CMDLINE.to_string(),
+            base_cmdline: base_cmdline(),
             stamped: ctx.shares.stamped,
             append: ctx.cli.append.clone(),
             qemu_args: ctx.cli.qemu_args.clone(),

@@ -112,7 +112,8 @@ enum Event {
 
 fn group(ctx: &Ctx, ours: &Built, k: usize, rep: usize, dir: &Path) -> Result<Group> {
     let cmdline = format!(
-        "console=ttyS0,115200 panic=-1 quiet root=tmpfs init={} bench.hold{}",
+        "{} quiet root=tmpfs init={} bench.hold{}",
+        qemu_tests::bootspec::BASE_PARAMS.join(" "),
         ctx.shares.system_init,
         ctx.cli
             .append
