@@ -302,6 +302,20 @@ fn execute(
                 plan::options(*flags, data)
             ))
         }
+        Step::CarryFiles { from, to } => {
+            if rustix::fs::access(from.as_str(), rustix::fs::Access::EXISTS).is_err() {
+                return Ok("nothing carried".into());
+            }
+            let c = store::copy_embedded(name, from, to, &opts.tmpfs_size)?;
+            // Host keys among them: readable by root only, whatever the archive said.
+            rustix::fs::chmod(to.as_str(), rustix::fs::Mode::from_raw_mode(0o700)).map_err(
+                |e| Failure::new(name, format!("chmod 0700 {to}: {}", report::errno(e))),
+            )?;
+            Ok(format!(
+                "{from} -> {to}: {} files, {} symlinks",
+                c.files, c.symlinks
+            ))
+        }
         Step::CopyEmbeddedStore { from, to } => {
             let c = store::copy_embedded(name, from, to, &opts.tmpfs_size)?;
             let mut msg = format!(

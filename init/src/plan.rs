@@ -219,6 +219,11 @@ impl Role {
     }
 }
 
+/// Where `kexec-run.sh` (nixos/modules/baremetal) puts files for the next system, in the
+/// initramfs, and where that system's `nixboot-carry` service reads them.
+pub const CARRY_FROM: &str = "/etc/nixboot/carry";
+pub const CARRY_TO: &str = "/run/nixboot/carry";
+
 /// One step of the boot, executed in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -282,6 +287,10 @@ pub enum Step {
         new_root: String,
         mounts: Vec<String>,
     },
+    /// Move files carried into the initramfs (kexec: ssh host keys, addresses) from `from`
+    /// to `to` in the new root's /run, when `from` exists. The kexec script appends them as
+    /// one more archive at kexec time, so the initrd's configuration cannot name them.
+    CarryFiles { from: String, to: String },
     /// Run `prepare-root` beside `init` in the new root, when there is one.
     PrepareRoot { new_root: String, init: String },
     /// Free the initramfs, make the new root `/`.
@@ -307,6 +316,7 @@ impl Step {
             Step::RemountReadOnly { .. } => "remount-root-ro",
             Step::CheckInit { .. } => "check-init",
             Step::MoveSpecialMounts { .. } => "move-mounts",
+            Step::CarryFiles { .. } => "carry",
             Step::PrepareRoot { .. } => "prepare-root",
             Step::SwitchRoot { .. } => "switch-root",
             Step::WriteTimings { .. } => "write-timings",
@@ -376,6 +386,7 @@ impl Step {
             Step::MoveSpecialMounts { new_root, mounts } => {
                 format!("{} -> {new_root}", mounts.join(" "))
             }
+            Step::CarryFiles { from, to } => format!("{from} -> {to}, if any"),
             Step::PrepareRoot { new_root, init } => {
                 format!("prepare-root beside {init} in {new_root}, if any")
             }
@@ -615,6 +626,11 @@ pub fn build(opts: &Options, config: &InitrdConfig) -> Result<Plan, PlanError> {
         new_root: NEW_ROOT.into(),
         mounts: EARLY_MOUNTS.iter().map(|m| m.target.to_string()).collect(),
     });
+    // After the move: /run is the new root's now, and stays the booted system's.
+    steps.push(Step::CarryFiles {
+        from: CARRY_FROM.into(),
+        to: format!("{NEW_ROOT}{CARRY_TO}"),
+    });
     steps.push(Step::PrepareRoot {
         new_root: NEW_ROOT.into(),
         init: init.clone(),
@@ -678,9 +694,10 @@ mod tests {
         "fuse",
         "virtiofs",
     ];
-    const TAIL: [&str; 5] = [
+    const TAIL: [&str; 6] = [
         "check-init",
         "move-mounts",
+        "carry",
         "prepare-root",
         "switch-root",
         "write-timings",
@@ -761,10 +778,18 @@ mod tests {
         );
         let n = plan.steps.len();
         assert_eq!(
-            plan.steps[n - 4],
+            plan.steps[n - 5],
             Step::MoveSpecialMounts {
                 new_root: "/sysroot".into(),
                 mounts: vec!["/dev".into(), "/proc".into(), "/sys".into(), "/run".into()],
+            }
+        );
+        // Carried files go to the new root's /run, which exists only after the move.
+        assert_eq!(
+            plan.steps[n - 4],
+            Step::CarryFiles {
+                from: "/etc/nixboot/carry".into(),
+                to: "/sysroot/run/nixboot/carry".into(),
             }
         );
         assert_eq!(

@@ -319,6 +319,65 @@ fn embedded_store_moves_into_the_tmpfs_root() {
 }
 
 #[test]
+fn kexec_carry_files_reach_the_booted_systems_run() {
+    let test = "kexec_carry_files_reach_the_booted_systems_run";
+    let Some(kit) = kit(test) else { return };
+    let probe = kit.probe_store("store");
+    // The kexec image: an embedded store (no shares), as nixos/modules/baremetal builds it.
+    let base = kit.initrd(Some(&probe.system), &[]);
+    let config = InitrdConfig {
+        embedded_store: Some("/nix/store".into()),
+        ..base.config.clone()
+    };
+    let mut bytes = base.append(|a| {
+        common::add_tree(a, &probe.store, "nix/store");
+        a.file(initrd_config::CONFIG_PATH, 0o644, config.to_bytes())
+            .unwrap();
+    });
+    // What kexec-run.sh appends at kexec time: GNU cpio of etc/nixboot/carry, after NUL
+    // padding to a 4-byte boundary.
+    let root = kit.tmp.path().join("carry-root");
+    let carry = root.join("etc/nixboot/carry");
+    std::fs::create_dir_all(carry.join("ssh")).unwrap();
+    std::fs::write(carry.join("ssh/ssh_host_ed25519_key"), "SECRET\n").unwrap();
+    common::chmod(&carry.join("ssh/ssh_host_ed25519_key"), 0o600);
+    std::fs::write(carry.join("addrs.json"), "[]\n").unwrap();
+    let cpio = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0")
+        .current_dir(&root)
+        .output()
+        .expect("GNU cpio");
+    assert!(cpio.status.success(), "cpio: {cpio:?}");
+    bytes.resize(bytes.len().div_ceil(4) * 4, 0);
+    bytes.extend_from_slice(&cpio.stdout);
+    let initrd = kit.write_initrd("initrd", &bytes);
+
+    let key = "/run/nixboot/carry/ssh/ssh_host_ed25519_key";
+    let o = common::boot(
+        &kit,
+        &initrd,
+        Boot::params(&[]).args(&[
+            &format!("stat:{key}"),
+            "stat:/run/nixboot/carry",
+            "stat:/run/nixboot/carry/addrs.json",
+        ]),
+    );
+    let p = assert_booted(&o);
+    let st = &p["stats"];
+    assert_eq!(st[key]["type"], "file", "{p}");
+    assert_eq!(st[key]["size"], 7, "{p}");
+    assert_eq!(st[key]["mode"], "0600", "{p}");
+    assert_eq!(st["/run/nixboot/carry/addrs.json"]["type"], "file", "{p}");
+    // Host keys inside: the directory is root's only, whatever the archive said.
+    assert_eq!(st["/run/nixboot/carry"]["mode"], "0700", "{p}");
+    let left = p["initramfs_leftovers"].as_array().expect("leftovers");
+    assert!(left.iter().all(|n| n == "sysroot"), "{p}");
+    let lines = step_lines(&o, "carry");
+    assert!(lines.iter().any(|l| l.contains("2 files")), "{lines:?}");
+}
+
+#[test]
 fn store_overlay_makes_the_store_writable() {
     let test = "store_overlay_makes_the_store_writable";
     let Some(kit) = kit(test) else { return };

@@ -49,7 +49,10 @@ if [ "$do_carry" = 1 ]; then
   chmod -R go-rwx "$carry"
   # A second newc archive appended to ours: the kernel unpacks them in order.
   (cd "$work/root" && find . -mindepth 1 | LC_ALL=C sort | "$here/cpio" --quiet -o -H newc -R 0:0) > "$work/carry.cpio"
-  cat "$here/initrd" "$work/carry.cpio" > "$work/initrd"
+  # The kernel reads a plain archive only at a 4-byte aligned offset: pad ours with NULs
+  # (which it skips between archives) before appending.
+  size=$(stat -c %s "$here/initrd")
+  { cat "$here/initrd"; head -c $(( (4 - size % 4) % 4 )) /dev/zero; cat "$work/carry.cpio"; } > "$work/initrd"
   initrd=$work/initrd
 fi
 
