@@ -1,20 +1,52 @@
 //! Compression of the initramfs and recognition of the formats the kernel accepts.
 //!
-//! Only zstd (and no compression) is written for now; the enum and [`Format`] are laid out
-//! so that gzip, xz (which the kernel needs with `--check=crc32`) and lz4 (legacy frame)
-//! slot in as new variants.
+//! Written: zstd (default), gzip, xz, lz4 and none, each in the form the kernel's own
+//! decompressors read (lib/decompress_*.c):
+//! - zstd: one frame with a content checksum.
+//! - gzip: one member with a plain 10-byte header (the kernel skips a file name but no
+//!   other optional header field), mtime 0.
+//! - xz: one stream, LZMA2 only, CRC32 check (the kernel's xz decoder supports no CRC64 or
+//!   SHA-256), 1 MiB dictionary (what the kernel documentation and dracut use).
+//! - lz4: the legacy frame (magic `0x184C2102`, then blocks of `[u32 LE size][lz4 block]`,
+//!   each of at most 8 MiB uncompressed): the only lz4 format `unlz4` reads. It has no end
+//!   marker: the kernel reads blocks until the buffer ends or a zero size (NUL padding), so an
+//!   lz4 stream must be the last segment of an initramfs.
+//!
+//! Every writer is single-threaded and deterministic: the same input gives the same bytes on
+//! every host (the xz encoder is built from liblzma's bundled sources, not the host's).
+//!
+//! Read back: the same five, each returning how many compressed bytes the stream took, so
+//! that a buffer of several segments can be walked as the kernel walks it.
 
 use std::fmt;
-use std::io::Read;
+use std::io::{self, Read};
 use std::str::FromStr;
 
 /// zstd level used for the initramfs. Measured on the imageless set (the Debian 6.1 cloud
-/// kernel's virtio/virtiofs modules plus the static musl init: 1.42 MB uncompressed),
-/// single-threaded, 2-CPU host: level 3 gives 513 KiB in ~9 ms, 5: 499 KiB / ~14 ms,
-/// 6: 484 KiB / ~18 ms, 9: 477 KiB / ~26 ms, 12: 476 KiB / ~50 ms, 19: 436 KiB / ~540 ms.
-/// Level 6 is the knee: under 512 KiB with margin, while higher levels buy about 1% for
-/// 40% more time. Decompression speed in the kernel is about the same for all of them.
-pub const ZSTD_LEVEL: i32 = 6;
+/// kernel's virtio/virtiofs modules plus the static musl init: 1.41 MB uncompressed, the
+/// init 709 KB of it), single-threaded, 2-CPU host, compression alone: level 6 gives
+/// 506.7 KiB in 19 ms, 7: 504.2 KiB / 23 ms, 8: 500.1 KiB / 25 ms, 9: 499.9 KiB / 36 ms,
+/// 10: 499.0 KiB / 43 ms, 12: 498.5 KiB / 57 ms, 19: ~456 KiB / ~540 ms. Level 8 is the
+/// knee: 6 ms more than level 6 buys 6.6 KiB of margin under the 512 KiB budget (the init
+/// grows), while higher levels buy almost nothing for much more time. Decompression speed
+/// in the kernel is about the same for all of them.
+pub const ZSTD_LEVEL: i32 = 8;
+/// gzip level: 9, as initramfs-tools and dracut use (`gzip -9`); miniz is deterministic.
+pub const GZIP_LEVEL: u32 = 9;
+/// xz preset (the LZMA2 parameters other than the dictionary).
+pub const XZ_PRESET: u32 = 6;
+/// xz dictionary: 1 MiB, as `Documentation/.../ramfs-rootfs-initramfs.rst` and dracut use;
+/// the kernel allocates it while unpacking.
+pub const XZ_DICT: u32 = 1 << 20;
+/// Magic of the lz4 legacy frame, little-endian on disk (`02 21 4c 18`).
+pub const LZ4_LEGACY_MAGIC: u32 = 0x184C_2102;
+/// Uncompressed size of every lz4 legacy block but the last (the kernel's
+/// `LZ4_DEFAULT_UNCOMPRESSED_CHUNK_SIZE`).
+pub const LZ4_LEGACY_BLOCK: usize = 8 << 20;
+/// The largest compressed size of one legacy block (`LZ4_COMPRESSBOUND(8 MiB)`).
+pub const LZ4_LEGACY_MAX_COMPRESSED: usize = LZ4_LEGACY_BLOCK + LZ4_LEGACY_BLOCK / 255 + 16;
+/// Default bound on what one compressed stream may decompress to when reading.
+pub const DEFAULT_DECOMPRESS_LIMIT: usize = 4 << 30;
 
 /// How the archive is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -24,18 +56,52 @@ pub enum Compression {
     /// One zstd frame with a content checksum, single-threaded for deterministic output.
     #[default]
     Zstd,
+    /// One gzip member, level 9.
+    Gzip,
+    /// One xz stream, LZMA2, CRC32 check.
+    Xz,
+    /// The lz4 legacy frame.
+    Lz4,
 }
 
 impl Compression {
     /// Every variant, in the order `--help` lists them.
-    pub const ALL: &'static [Compression] = &[Compression::Zstd, Compression::None];
+    pub const ALL: &'static [Compression] = &[
+        Compression::Zstd,
+        Compression::Gzip,
+        Compression::Xz,
+        Compression::Lz4,
+        Compression::None,
+    ];
 
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Compression::None => "none",
             Compression::Zstd => "zstd",
+            Compression::Gzip => "gzip",
+            Compression::Xz => "xz",
+            Compression::Lz4 => "lz4",
         }
+    }
+
+    /// The stream format this compression writes.
+    pub fn format(self) -> Format {
+        match self {
+            Compression::None => Format::Cpio,
+            Compression::Zstd => Format::Zstd,
+            Compression::Gzip => Format::Gzip,
+            Compression::Xz => Format::Xz,
+            Compression::Lz4 => Format::Lz4Legacy,
+        }
+    }
+
+    /// The compression that writes `format`, if mkinitrd has one.
+    pub fn from_format(format: Format) -> Option<Compression> {
+        Compression::ALL
+            .iter()
+            .copied()
+            .find(|c| c.format() == format)
     }
 }
 
@@ -79,22 +145,26 @@ impl FromStr for Compression {
 #[error("{compression} compression failed: {source}")]
 pub struct CompressError {
     pub compression: Compression,
-    pub source: std::io::Error,
+    pub source: io::Error,
 }
 
 /// Compresses one whole archive into one stream.
 pub fn compress(compression: Compression, data: &[u8]) -> Result<Vec<u8>, CompressError> {
-    match compression {
+    let result = match compression {
         Compression::None => Ok(data.to_vec()),
-        Compression::Zstd => zstd_compress(data, ZSTD_LEVEL).map_err(|source| CompressError {
-            compression,
-            source,
-        }),
-    }
+        Compression::Zstd => zstd_compress(data, ZSTD_LEVEL),
+        Compression::Gzip => gzip_compress(data, GZIP_LEVEL),
+        Compression::Xz => xz_compress(data),
+        Compression::Lz4 => Ok(lz4_legacy_compress(data)),
+    };
+    result.map_err(|source| CompressError {
+        compression,
+        source,
+    })
 }
 
 /// zstd at a given level with the settings the initramfs needs. Exposed for measuring.
-pub fn zstd_compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
+pub fn zstd_compress(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
     use zstd::zstd_safe::CParameter;
     let mut c = zstd::bulk::Compressor::new(level)?;
     // The kernel checks the checksum when present: a corrupted initrd fails loudly.
@@ -106,20 +176,262 @@ pub fn zstd_compress(data: &[u8], level: i32) -> std::io::Result<Vec<u8>> {
     c.compress(data)
 }
 
+/// One gzip member: no file name, mtime 0, OS "unknown" (255), so nothing of the host leaks.
+pub fn gzip_compress(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut enc = flate2::GzBuilder::new()
+        .mtime(0)
+        .operating_system(255)
+        .write(
+            Vec::with_capacity(data.len() / 2),
+            flate2::Compression::new(level),
+        );
+    enc.write_all(data)?;
+    enc.finish()
+}
+
+/// One xz stream: LZMA2 (preset [`XZ_PRESET`], dictionary [`XZ_DICT`]), CRC32 check.
+pub fn xz_compress(data: &[u8]) -> io::Result<Vec<u8>> {
+    use liblzma::stream::{Action, Check, Filters, LzmaOptions, Status, Stream};
+    let mut opts = LzmaOptions::new_preset(XZ_PRESET).map_err(io::Error::other)?;
+    opts.dict_size(XZ_DICT);
+    let mut filters = Filters::new();
+    filters.lzma2(&opts);
+    let mut stream =
+        Stream::new_stream_encoder(&filters, Check::Crc32).map_err(io::Error::other)?;
+    let mut out = Vec::with_capacity(data.len() / 3 + 4096);
+    loop {
+        let used = stream.total_in() as usize;
+        if out.len() == out.capacity() {
+            out.reserve(out.capacity().max(4096));
+        }
+        match stream
+            .process_vec(&data[used..], &mut out, Action::Finish)
+            .map_err(io::Error::other)?
+        {
+            Status::StreamEnd => return Ok(out),
+            Status::Ok | Status::GetCheck => {}
+            Status::MemNeeded => return Err(io::Error::other("liblzma needs more memory")),
+        }
+    }
+}
+
+/// The lz4 legacy frame: the magic, then one `[u32 LE compressed size][block]` per 8 MiB of
+/// input. Empty input gives the magic alone.
+pub fn lz4_legacy_compress(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() / 2 + 16);
+    out.extend_from_slice(&LZ4_LEGACY_MAGIC.to_le_bytes());
+    for chunk in data.chunks(LZ4_LEGACY_BLOCK) {
+        let block = lz4_flex::block::compress(chunk);
+        // A block of at most 8 MiB compresses to less than 4 GiB.
+        out.extend_from_slice(&(block.len() as u32).to_le_bytes());
+        out.extend_from_slice(&block);
+    }
+    out
+}
+
+/// One compressed stream read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decompressed {
+    pub data: Vec<u8>,
+    /// Compressed bytes the stream took (trailing NUL padding not included).
+    pub consumed: usize,
+    /// Something the kernel would trip over (only lz4: data after the stream that unlz4
+    /// would read as another block).
+    pub problem: Option<String>,
+}
+
+fn too_big(limit: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("decompresses to more than {limit} bytes"),
+    )
+}
+
+/// Reads `r` to its end, failing beyond `limit` bytes.
+fn read_limited(r: impl Read, limit: usize, size_hint: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(size_hint.min(limit).min(64 << 20));
+    r.take((limit as u64).saturating_add(1))
+        .read_to_end(&mut out)?;
+    if out.len() > limit {
+        return Err(too_big(limit));
+    }
+    Ok(out)
+}
+
+/// Decompresses the one stream of `compression` at the start of `bytes`, as the kernel
+/// would (one zstd frame, one gzip member, one xz stream, one lz4 legacy frame). `limit`
+/// bounds the output (a small input may claim gigabytes).
+pub fn decompress_stream(
+    compression: Compression,
+    bytes: &[u8],
+    limit: usize,
+) -> io::Result<Decompressed> {
+    let plain = |data: Vec<u8>, consumed: usize| Decompressed {
+        data,
+        consumed,
+        problem: None,
+    };
+    match compression {
+        Compression::None => {
+            if bytes.len() > limit {
+                return Err(too_big(limit));
+            }
+            Ok(plain(bytes.to_vec(), bytes.len()))
+        }
+        Compression::Zstd => {
+            let len = zstd::zstd_safe::find_frame_compressed_size(bytes).map_err(|code| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    zstd::zstd_safe::get_error_name(code),
+                )
+            })?;
+            let decoder = zstd::stream::read::Decoder::with_buffer(&bytes[..len])?.single_frame();
+            Ok(plain(read_limited(decoder, limit, len * 4)?, len))
+        }
+        Compression::Gzip => {
+            let mut rest: &[u8] = bytes;
+            let data = {
+                let decoder = flate2::bufread::GzDecoder::new(&mut rest);
+                read_limited(decoder, limit, bytes.len() * 3)?
+            };
+            Ok(plain(data, bytes.len() - rest.len()))
+        }
+        Compression::Xz => xz_decompress(bytes, limit).map(|(d, n)| plain(d, n)),
+        Compression::Lz4 => lz4_legacy_decompress(bytes, limit),
+    }
+}
+
 /// Decompresses the single zstd frame at the start of `bytes`; returns the data and the
 /// number of compressed bytes the frame took.
-pub fn decompress_zstd_frame(bytes: &[u8]) -> std::io::Result<(Vec<u8>, usize)> {
-    let len = zstd::zstd_safe::find_frame_compressed_size(bytes).map_err(|code| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            zstd::zstd_safe::get_error_name(code),
-        )
-    })?;
+pub fn decompress_zstd_frame(bytes: &[u8]) -> io::Result<(Vec<u8>, usize)> {
+    decompress_stream(Compression::Zstd, bytes, DEFAULT_DECOMPRESS_LIMIT)
+        .map(|d| (d.data, d.consumed))
+}
+
+/// One xz stream (not concatenated ones: the kernel reads one per segment).
+fn xz_decompress(bytes: &[u8], limit: usize) -> io::Result<(Vec<u8>, usize)> {
+    let mut rest: &[u8] = bytes;
+    let data = {
+        // Without LZMA_CONCATENATED the decoder stops right after the stream footer.
+        let decoder = liblzma::bufread::XzDecoder::new(&mut rest);
+        read_limited(decoder, limit, bytes.len() * 4)?
+    };
+    Ok((data, bytes.len() - rest.len()))
+}
+
+/// The lz4 legacy frame, read as the kernel's `unlz4` reads it: blocks until the buffer ends
+/// or a zero size; a repeated magic is skipped. Anything else after at least one block is
+/// reported as a [`Decompressed::problem`] (the kernel would fail there) and ends the stream.
+pub fn lz4_legacy_decompress(bytes: &[u8], limit: usize) -> io::Result<Decompressed> {
+    let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
+    let le32 = |at: usize| -> Option<u32> {
+        bytes
+            .get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    if le32(0) != Some(LZ4_LEGACY_MAGIC) {
+        return Err(invalid("not an lz4 legacy frame".into()));
+    }
+    let mut pos = 4;
     let mut out = Vec::new();
-    zstd::stream::read::Decoder::with_buffer(&bytes[..len])?
-        .single_frame()
-        .read_to_end(&mut out)?;
-    Ok((out, len))
+    let mut blocks = 0usize;
+    let mut block = vec![0u8; 0];
+    loop {
+        let Some(size) = le32(pos) else {
+            // Fewer than 4 bytes left: the end (the kernel stops the same way).
+            return Ok(Decompressed {
+                data: out,
+                consumed: pos,
+                problem: None,
+            });
+        };
+        if size == LZ4_LEGACY_MAGIC {
+            pos += 4;
+            continue;
+        }
+        if size == 0 {
+            return Ok(Decompressed {
+                data: out,
+                consumed: pos,
+                problem: None,
+            });
+        }
+        let size = size as usize;
+        let fail = |what: String| -> io::Result<Decompressed> {
+            Err(invalid(format!("lz4 block at offset {pos}: {what}")))
+        };
+        let data = match bytes.get(pos + 4..pos + 4 + size) {
+            Some(d) if size <= LZ4_LEGACY_MAX_COMPRESSED => d,
+            _ if blocks > 0 => {
+                return Ok(Decompressed {
+                    data: out,
+                    consumed: pos,
+                    problem: Some(format!(
+                        "data follows the lz4 stream at offset {pos}; the kernel's unlz4 reads it as another block and fails: an lz4 segment must be the last one"
+                    )),
+                })
+            }
+            _ => return fail(format!("size {size} does not fit")),
+        };
+        if block.is_empty() {
+            block = vec![0u8; LZ4_LEGACY_BLOCK];
+        }
+        match lz4_flex::block::decompress_into(data, &mut block) {
+            Ok(n) => {
+                if out.len() + n > limit {
+                    return Err(too_big(limit));
+                }
+                out.extend_from_slice(&block[..n]);
+            }
+            Err(e) if blocks > 0 => {
+                return Ok(Decompressed {
+                    data: out,
+                    consumed: pos,
+                    problem: Some(format!(
+                        "data follows the lz4 stream at offset {pos} ({e} when read as a block); the kernel's unlz4 fails there: an lz4 segment must be the last one"
+                    )),
+                })
+            }
+            Err(e) => return fail(e.to_string()),
+        }
+        blocks += 1;
+        pos += 4 + size;
+    }
+}
+
+/// Decompresses a whole file compressed with xz, zstd or gzip (kernel modules, firmware):
+/// every stream of it, concatenated, as the command-line tools do.
+pub fn decompress_file(bytes: &[u8], limit: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        // Stream padding (xz) and zero tails.
+        if bytes[pos] == 0 {
+            pos += 1;
+            continue;
+        }
+        let format = sniff(&bytes[pos..]);
+        let compression = format
+            .and_then(Compression::from_format)
+            .filter(|c| *c != Compression::None);
+        let Some(c) = compression else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "unrecognised data at offset {pos} ({})",
+                    format.map_or("unknown format", Format::name)
+                ),
+            ));
+        };
+        let d = decompress_stream(c, &bytes[pos..], limit.saturating_sub(out.len()))?;
+        out.extend_from_slice(&d.data);
+        if d.consumed == 0 {
+            break;
+        }
+        pos += d.consumed;
+    }
+    Ok(out)
 }
 
 /// What a stream in an initramfs buffer starts with.
@@ -173,44 +485,195 @@ pub fn sniff(bytes: &[u8]) -> Option<Format> {
 mod tests {
     use super::*;
 
+    fn sample(n: usize) -> Vec<u8> {
+        // Compressible but not trivial: a counter mixed with a slow pattern.
+        (0..n as u32)
+            .map(|i| ((i % 251) ^ (i / 4093)) as u8)
+            .collect()
+    }
+
     #[test]
     fn names_round_trip_and_unknown_is_listed() {
         for c in Compression::ALL {
             assert_eq!(c.name().parse::<Compression>().unwrap(), *c);
+            assert_eq!(Compression::from_format(c.format()), Some(*c));
         }
-        let e = "gzip".parse::<Compression>().unwrap_err().to_string();
-        assert!(
-            e.contains("gzip") && e.contains("zstd") && e.contains("none"),
-            "{e}"
-        );
+        let e = "bzip2".parse::<Compression>().unwrap_err().to_string();
+        for name in ["bzip2", "zstd", "gzip", "xz", "lz4", "none"] {
+            assert!(e.contains(name), "{e}");
+        }
+        assert_eq!(Compression::from_format(Format::Lzo), None);
     }
 
     #[test]
-    fn zstd_is_deterministic_checksummed_and_sized() {
-        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        let a = compress(Compression::Zstd, &data).unwrap();
-        assert_eq!(a, compress(Compression::Zstd, &data).unwrap());
-        assert_eq!(sniff(&a), Some(Format::Zstd));
-        // Frame header descriptor: bit 2 = checksum, bits 6-7 = content size field present.
-        let fhd = a[4];
-        assert_ne!(fhd & 0b100, 0, "no content checksum");
+    fn every_compression_round_trips_deterministically() {
+        let data = sample(300_000);
+        assert_eq!(compress(Compression::None, &data).unwrap(), data);
+        for c in &Compression::ALL[..4] {
+            let a = compress(*c, &data).unwrap();
+            assert_eq!(a, compress(*c, &data).unwrap(), "{c} is not deterministic");
+            assert_eq!(sniff(&a), Some(c.format()), "{c}");
+            // Trailing padding and a following stream must not be taken as part of it.
+            let mut buf = a.clone();
+            buf.extend_from_slice(&[0; 7]);
+            let d = decompress_stream(*c, &buf, usize::MAX).unwrap();
+            assert_eq!(d.data, data, "{c}");
+            assert_eq!(d.consumed, a.len(), "{c}");
+            assert!(a.len() < data.len() / 4, "{c}: {} bytes", a.len());
+            assert_eq!(d.problem, None);
+        }
+    }
+
+    #[test]
+    fn zstd_is_checksummed_and_sized() {
+        let a = compress(Compression::Zstd, &sample(200_000)).unwrap();
+        // Frame header descriptor: bit 2 = checksum.
+        assert_ne!(a[4] & 0b100, 0, "no content checksum");
         let (back, used) = decompress_zstd_frame(&a).unwrap();
-        assert_eq!(back, data);
+        assert_eq!(back, sample(200_000));
         assert_eq!(used, a.len());
-        assert!(a.len() < data.len() / 10);
     }
 
     #[test]
-    fn corrupt_zstd_is_an_error() {
-        let mut a = compress(Compression::Zstd, b"hello hello hello hello").unwrap();
-        let n = a.len();
-        a[n - 1] ^= 0xff; // the checksum
-        assert!(decompress_zstd_frame(&a).is_err());
-        assert!(decompress_zstd_frame(&a[..n - 6]).is_err());
+    fn gzip_header_is_plain_and_pinned() {
+        let a = compress(Compression::Gzip, b"hello").unwrap();
+        // ID1 ID2 CM FLG MTIME(4) XFL OS: deflate, no optional fields, mtime 0, OS unknown.
+        assert_eq!(&a[..4], &[0x1f, 0x8b, 8, 0]);
+        assert_eq!(&a[4..8], &[0, 0, 0, 0]);
+        assert_eq!(a[9], 255);
     }
 
     #[test]
-    fn none_is_identity() {
-        assert_eq!(compress(Compression::None, b"abc").unwrap(), b"abc");
+    fn xz_uses_crc32_and_lzma2() {
+        let a = compress(Compression::Xz, &sample(10_000)).unwrap();
+        // Stream flags: byte 7 is the check type, 0x01 = CRC32.
+        assert_eq!(&a[6..8], &[0x00, 0x01]);
+        // Footer repeats the stream flags and ends with "YZ".
+        assert_eq!(&a[a.len() - 2..], b"YZ");
+        assert_eq!(&a[a.len() - 4..a.len() - 2], &[0x00, 0x01]);
+        // Agrees with the xz tool when installed.
+        if let Ok(mut child) = std::process::Command::new("xz")
+            .args(["-dc"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+        {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(&a).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success());
+            assert_eq!(out.stdout, sample(10_000));
+        }
+    }
+
+    #[test]
+    fn lz4_legacy_layout_and_block_split() {
+        assert_eq!(lz4_legacy_compress(&[]), LZ4_LEGACY_MAGIC.to_le_bytes());
+        // 8 MiB + 1 byte: two blocks.
+        let data = sample(LZ4_LEGACY_BLOCK + 1);
+        let a = lz4_legacy_compress(&data);
+        assert_eq!(&a[..4], &[0x02, 0x21, 0x4c, 0x18]);
+        let first = u32::from_le_bytes(a[4..8].try_into().unwrap()) as usize;
+        let second_at = 8 + first;
+        let second = u32::from_le_bytes(a[second_at..second_at + 4].try_into().unwrap()) as usize;
+        assert_eq!(second_at + 4 + second, a.len());
+        assert_eq!(
+            lz4_flex::block::decompress(&a[8..8 + first], LZ4_LEGACY_BLOCK)
+                .unwrap()
+                .len(),
+            LZ4_LEGACY_BLOCK
+        );
+        let d = lz4_legacy_decompress(&a, usize::MAX).unwrap();
+        assert_eq!(d.data, data);
+        assert_eq!(d.consumed, a.len());
+        // A repeated magic (two frames back to back) reads as one stream, like unlz4.
+        let small = lz4_legacy_compress(b"abcabcabcabcabcabc");
+        let mut two = small.clone();
+        two.extend_from_slice(&small);
+        let d = lz4_legacy_decompress(&two, usize::MAX).unwrap();
+        assert_eq!(d.data, b"abcabcabcabcabcabc".repeat(2));
+        assert_eq!(d.consumed, two.len());
+    }
+
+    #[test]
+    fn lz4_followed_by_another_stream_is_a_problem() {
+        let mut buf = lz4_legacy_compress(b"some data some data some data");
+        let end = buf.len();
+        buf.extend_from_slice(&compress(Compression::Zstd, b"next").unwrap());
+        let d = lz4_legacy_decompress(&buf, usize::MAX).unwrap();
+        assert_eq!(d.data, b"some data some data some data");
+        assert_eq!(d.consumed, end);
+        assert!(d.problem.unwrap().contains("must be the last"));
+        // Zero padding is the kernel's accepted end.
+        let mut padded = lz4_legacy_compress(b"xyz");
+        let end = padded.len();
+        padded.extend_from_slice(&[0; 8]);
+        let d = lz4_legacy_decompress(&padded, usize::MAX).unwrap();
+        assert_eq!((d.consumed, d.problem), (end, None));
+    }
+
+    #[test]
+    fn lz4_matches_the_lz4_tool() {
+        let data = sample(100_000);
+        let a = lz4_legacy_compress(&data);
+        let Ok(mut child) = std::process::Command::new("lz4")
+            .args(["-dc"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+        else {
+            eprintln!("SKIP: lz4 tool not installed");
+            return;
+        };
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&a).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        assert_eq!(out.stdout, data);
+    }
+
+    #[test]
+    fn corrupt_and_truncated_streams_are_errors() {
+        let data = sample(50_000);
+        for c in [Compression::Zstd, Compression::Gzip, Compression::Xz] {
+            let a = compress(c, &data).unwrap();
+            let n = a.len();
+            assert!(
+                decompress_stream(c, &a[..n - 6], usize::MAX).is_err(),
+                "{c} truncated"
+            );
+            let mut bad = a.clone();
+            bad[n - 5] ^= 0xff; // inside the checksum / trailer
+            assert!(
+                decompress_stream(c, &bad, usize::MAX).is_err(),
+                "{c} corrupt"
+            );
+        }
+        let a = lz4_legacy_compress(&data);
+        assert!(lz4_legacy_decompress(&a[..a.len() - 3], usize::MAX).is_err());
+    }
+
+    #[test]
+    fn output_is_bounded() {
+        let zeros = vec![0u8; 1 << 20];
+        for c in Compression::ALL {
+            let a = compress(*c, &zeros).unwrap();
+            let e = decompress_stream(*c, &a, 1000).unwrap_err();
+            assert!(e.to_string().contains("more than 1000"), "{c}: {e}");
+            assert_eq!(
+                decompress_stream(*c, &a, 1 << 20).unwrap().data.len(),
+                1 << 20
+            );
+        }
+    }
+
+    #[test]
+    fn whole_files_with_several_streams() {
+        let mut buf = compress(Compression::Xz, b"one ").unwrap();
+        buf.extend_from_slice(&[0; 4]);
+        buf.extend_from_slice(&compress(Compression::Gzip, b"two ").unwrap());
+        buf.extend_from_slice(&compress(Compression::Zstd, b"three").unwrap());
+        assert_eq!(decompress_file(&buf, usize::MAX).unwrap(), b"one two three");
+        assert!(decompress_file(b"plain text", usize::MAX).is_err());
     }
 }

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::compress::{self, Compression, Format};
+use crate::compress::{self, Compression};
 
 /// Magic of the newc format without checksums (the one we write).
 pub const MAGIC_NEWC: &[u8; 6] = b"070701";
@@ -50,7 +50,7 @@ pub enum CpioError {
     BadField { offset: usize, field: &'static str },
     #[error("plain archive at offset {offset} does not start 4-byte aligned")]
     Misaligned { offset: usize },
-    #[error("segment at offset {offset} is {format}-compressed; this mkinitrd reads only plain and zstd segments")]
+    #[error("segment at offset {offset} is {format}-compressed; mkinitrd reads plain, zstd, gzip, xz and lz4 segments")]
     UnsupportedCompression { offset: usize, format: &'static str },
     #[error("cannot decompress the {format} segment at offset {offset}: {source}")]
     Decompress {
@@ -167,6 +167,28 @@ impl ArchiveBuilder {
         Ok(())
     }
 
+    /// The node added at `path`, if any.
+    pub fn get(&self, path: &str) -> Option<&Node> {
+        normalize(path).ok().and_then(|n| self.nodes.get(&n))
+    }
+
+    /// Paths (without the leading `/`) and nodes, in archive order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Node)> {
+        self.nodes.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Bytes of file data and symlink targets held.
+    pub fn data_len(&self) -> usize {
+        self.nodes
+            .values()
+            .map(|n| match n {
+                Node::File { data, .. } => data.len(),
+                Node::Symlink { target } => target.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
     /// Number of entries (without the trailer).
     pub fn len(&self) -> usize {
         self.nodes.len()
@@ -248,8 +270,10 @@ fn normalize(path: &str) -> Result<String, CpioError> {
     if name.contains('\0') {
         return Err(bad("contains NUL"));
     }
-    if name == TRAILER {
-        return Err(bad("is the trailer name"));
+    // `TRAILER!!!/x` would make its parent an entry named like the trailer (found by the
+    // roundtrip fuzz target): the kernel would end the archive there.
+    if name.split('/').next() == Some(TRAILER) {
+        return Err(bad("is or starts with the trailer name"));
     }
     for component in name.split('/') {
         match component {
@@ -352,12 +376,20 @@ pub struct Segment {
     pub entries: Vec<Entry>,
     /// Whether the archive ended with a `TRAILER!!!` entry.
     pub terminated: bool,
+    /// What the kernel would trip over around this segment (see [`crate::inspect`]).
+    pub problems: Vec<String>,
 }
 
 /// Reads every archive of a buffer as the kernel would: plain or compressed streams back
 /// to back, with NUL padding between them. An archive missing its trailer is reported
-/// (`terminated == false`), not refused; a truncated entry is an error.
+/// (`terminated == false`), not refused; a truncated entry is an error. Each compressed
+/// stream may decompress to at most [`compress::DEFAULT_DECOMPRESS_LIMIT`] bytes.
 pub fn read_segments(bytes: &[u8]) -> Result<Vec<Segment>, CpioError> {
+    read_segments_limited(bytes, compress::DEFAULT_DECOMPRESS_LIMIT)
+}
+
+/// [`read_segments`] with a bound on what each compressed stream may decompress to.
+pub fn read_segments_limited(bytes: &[u8], limit: usize) -> Result<Vec<Segment>, CpioError> {
     let mut segments = Vec::new();
     let mut pos = 0;
     while pos < bytes.len() {
@@ -365,71 +397,74 @@ pub fn read_segments(bytes: &[u8]) -> Result<Vec<Segment>, CpioError> {
             pos += 1;
             continue;
         }
-        match compress::sniff(&bytes[pos..]) {
-            Some(Format::Cpio) => {
-                if pos % 4 != 0 {
-                    return Err(CpioError::Misaligned { offset: pos });
-                }
-                let (entries, terminated, len) = parse_archive(&bytes[pos..], pos)?;
-                segments.push(Segment {
-                    offset: pos,
-                    compression: Compression::None,
-                    stored_len: len,
-                    entries,
-                    terminated,
-                });
-                pos += len;
+        let format = compress::sniff(&bytes[pos..]).ok_or(CpioError::BadMagic { offset: pos })?;
+        let compression =
+            Compression::from_format(format).ok_or(CpioError::UnsupportedCompression {
+                offset: pos,
+                format: format.name(),
+            })?;
+        if compression == Compression::None {
+            if pos % 4 != 0 {
+                return Err(CpioError::Misaligned { offset: pos });
             }
-            Some(Format::Zstd) => {
-                let (plain, consumed) =
-                    compress::decompress_zstd_frame(&bytes[pos..]).map_err(|source| {
-                        CpioError::Decompress {
-                            offset: pos,
-                            format: "zstd",
-                            source,
-                        }
-                    })?;
-                let mut inner = 0;
-                let mut any = false;
-                while inner < plain.len() {
-                    if plain[inner] == 0 {
-                        inner += 1;
-                        continue;
-                    }
-                    if inner % 4 != 0 {
-                        return Err(CpioError::Misaligned { offset: pos });
-                    }
-                    let (entries, terminated, len) = parse_archive(&plain[inner..], pos)?;
-                    segments.push(Segment {
-                        offset: pos,
-                        compression: Compression::Zstd,
-                        stored_len: consumed,
-                        entries,
-                        terminated,
-                    });
-                    any = true;
-                    inner += len;
-                }
-                if !any {
-                    // An empty stream still is a segment without a trailer.
-                    segments.push(Segment {
-                        offset: pos,
-                        compression: Compression::Zstd,
-                        stored_len: consumed,
-                        entries: Vec::new(),
-                        terminated: false,
-                    });
-                }
-                pos += consumed;
-            }
-            Some(other) => {
-                return Err(CpioError::UnsupportedCompression {
-                    offset: pos,
-                    format: other.name(),
-                })
-            }
-            None => return Err(CpioError::BadMagic { offset: pos }),
+            let (entries, terminated, len) = parse_archive(&bytes[pos..], pos)?;
+            segments.push(Segment {
+                offset: pos,
+                compression,
+                stored_len: len,
+                entries,
+                terminated,
+                problems: Vec::new(),
+            });
+            pos += len;
+            continue;
         }
+        let d =
+            compress::decompress_stream(compression, &bytes[pos..], limit).map_err(|source| {
+                CpioError::Decompress {
+                    offset: pos,
+                    format: format.name(),
+                    source,
+                }
+            })?;
+        let first = segments.len();
+        let plain = &d.data;
+        let mut inner = 0;
+        while inner < plain.len() {
+            if plain[inner] == 0 {
+                inner += 1;
+                continue;
+            }
+            if inner % 4 != 0 {
+                return Err(CpioError::Misaligned { offset: pos });
+            }
+            let (entries, terminated, len) = parse_archive(&plain[inner..], pos)?;
+            segments.push(Segment {
+                offset: pos,
+                compression,
+                stored_len: d.consumed,
+                entries,
+                terminated,
+                problems: Vec::new(),
+            });
+            inner += len;
+        }
+        if segments.len() == first {
+            // An empty stream still is a segment without a trailer.
+            segments.push(Segment {
+                offset: pos,
+                compression,
+                stored_len: d.consumed,
+                entries: Vec::new(),
+                terminated: false,
+                problems: Vec::new(),
+            });
+        }
+        if let (Some(problem), Some(last)) = (d.problem, segments.last_mut()) {
+            last.problems.push(problem);
+        }
+        // A stream that took no bytes cannot happen for the formats above; never loop.
+        pos += d.consumed.max(1);
     }
     Ok(segments)
 }
@@ -607,7 +642,16 @@ mod tests {
     #[test]
     fn bad_paths_and_conflicts_are_refused() {
         let mut b = ArchiveBuilder::new();
-        for p in ["", "/", "a//b", "a/../b", "./a", "a/", "TRAILER!!!"] {
+        for p in [
+            "",
+            "/",
+            "a//b",
+            "a/../b",
+            "./a",
+            "a/",
+            "TRAILER!!!",
+            "/TRAILER!!!/x",
+        ] {
             assert!(
                 matches!(b.dir(p, 0o755), Err(CpioError::InvalidPath { .. })),
                 "{p:?} accepted"
@@ -626,9 +670,11 @@ mod tests {
             b.file("a", 0o644, vec![]),
             Err(CpioError::NotADirectory { .. })
         ));
+        // The trailer's name deeper down is an ordinary name.
+        b.file("a/TRAILER!!!", 0o644, vec![]).unwrap();
         // Re-adding a directory is fine and keeps one entry.
         b.dir("a", 0o700).unwrap();
-        assert_eq!(b.len(), 2);
+        assert_eq!(b.len(), 3);
     }
 
     #[test]
@@ -647,6 +693,49 @@ mod tests {
         assert!(segs.iter().all(|s| s.terminated));
         assert_eq!(segs[1].entries.last().unwrap().data, b"later");
         assert_eq!(read_archive(&buf).unwrap().len(), 11);
+    }
+
+    #[test]
+    fn reader_reads_every_compression_back_to_back() {
+        let mut buf = sample().write(0);
+        let mut names = vec![];
+        for (i, c) in Compression::ALL.iter().enumerate() {
+            let mut b = ArchiveBuilder::new();
+            let name = format!("seg{i}/{c}");
+            b.file(&name, 0o644, c.name().repeat(100).into_bytes())
+                .unwrap();
+            names.push(name);
+            buf.extend_from_slice(&compress::compress(*c, &b.write(0)).unwrap());
+            // NUL padding between streams, keeping plain archives aligned.
+            buf.extend_from_slice(&[0; 4]);
+            while buf.len() & 3 != 0 {
+                buf.push(0);
+            }
+        }
+        // lz4 has no end marker: the kernel stops at the zero padding that follows it here.
+        let segs = read_segments(&buf).unwrap();
+        assert_eq!(segs.len(), 1 + Compression::ALL.len());
+        for (seg, c) in segs[1..].iter().zip(Compression::ALL) {
+            assert_eq!(seg.compression, *c);
+            assert!(seg.terminated);
+            assert_eq!(
+                seg.entries.last().unwrap().data,
+                c.name().repeat(100).as_bytes()
+            );
+        }
+        assert!(segs.iter().all(|s| s.problems.is_empty()));
+        // Without padding, the kernel reads the next stream as an lz4 block and fails.
+        let mut b = ArchiveBuilder::new();
+        b.file("x", 0o644, vec![1; 50]).unwrap();
+        let mut tight = compress::compress(Compression::Lz4, &b.write(0)).unwrap();
+        tight.extend_from_slice(&compress::compress(Compression::Zstd, &b.write(0)).unwrap());
+        let segs = read_segments(&tight).unwrap();
+        assert_eq!(segs.len(), 2);
+        assert!(
+            segs[0].problems[0].contains("must be the last"),
+            "{:?}",
+            segs[0].problems
+        );
     }
 
     #[test]
@@ -676,7 +765,14 @@ mod tests {
         gz.extend_from_slice(&[0; 20]);
         assert!(matches!(
             read_archive(&gz),
-            Err(CpioError::UnsupportedCompression { format: "gzip", .. })
+            Err(CpioError::Decompress { format: "gzip", .. })
+        ));
+        assert!(matches!(
+            read_archive(b"BZh91AY&SY"),
+            Err(CpioError::UnsupportedCompression {
+                format: "bzip2",
+                ..
+            })
         ));
         let mut misaligned = vec![0u8; 2];
         misaligned.extend_from_slice(&bytes);

@@ -17,7 +17,12 @@ pub struct Report {
 /// Reads and checks a buffer. Structural damage (truncation, bad magic) is an error;
 /// rule violations are listed in the report.
 pub fn inspect(bytes: &[u8]) -> Result<Report, CpioError> {
-    let segments = cpio::read_segments(bytes)?;
+    inspect_limited(bytes, crate::compress::DEFAULT_DECOMPRESS_LIMIT)
+}
+
+/// [`inspect`] with a bound on what each compressed stream may decompress to.
+pub fn inspect_limited(bytes: &[u8], limit: usize) -> Result<Report, CpioError> {
+    let segments = cpio::read_segments_limited(bytes, limit)?;
     let violations = check_rules(&segments);
     Ok(Report {
         segments,
@@ -25,9 +30,11 @@ pub fn inspect(bytes: &[u8]) -> Result<Report, CpioError> {
     })
 }
 
-/// The rules: every segment ends with a trailer (it resets the kernel's hard-link table),
-/// and every entry's directory exists already, in this or an earlier segment (the kernel
-/// silently drops entries whose parent is missing).
+/// The rules: every segment ends with a trailer (it resets the kernel's hard-link table);
+/// every entry's directory exists already, in this or an earlier segment (the kernel
+/// silently drops entries whose parent is missing); early microcode is in the first segment,
+/// uncompressed (the early loader looks nowhere else); nothing follows an lz4 stream but
+/// padding (the kernel's unlz4 has no end marker, see [`crate::compress`]).
 pub fn check_rules(segments: &[Segment]) -> Vec<String> {
     let mut violations = Vec::new();
     let mut dirs: BTreeSet<String> = BTreeSet::from(["/".to_owned()]);
@@ -48,6 +55,16 @@ pub fn check_rules(segments: &[Segment]) -> Vec<String> {
                     e.name
                 ));
             }
+            if path.starts_with("/kernel/x86/microcode/")
+                && !e.is_dir()
+                && (i > 0 || seg.compression != crate::compress::Compression::None)
+            {
+                violations.push(format!(
+                    "segment {}: {} is early microcode, but the kernel reads it only from a first, uncompressed segment",
+                    i + 1,
+                    e.name
+                ));
+            }
             if e.is_dir() {
                 dirs.insert(path);
             } else {
@@ -55,6 +72,9 @@ pub fn check_rules(segments: &[Segment]) -> Vec<String> {
                 // either way it no longer is a directory for later entries.
                 dirs.remove(&path);
             }
+        }
+        for p in &seg.problems {
+            violations.push(format!("segment {}: {p}", i + 1));
         }
         if !seg.terminated {
             violations.push(format!(
@@ -171,6 +191,7 @@ mod tests {
             stored_len: 0,
             entries,
             terminated,
+            problems: Vec::new(),
         }
     }
 

@@ -9,9 +9,14 @@ pub mod closure;
 pub mod compress;
 pub mod cpio;
 pub mod elf;
+pub mod extract;
+pub mod firmware;
+pub mod include;
 pub mod inspect;
 pub mod kmod;
+pub mod microcode;
 pub mod output;
+pub mod store;
 #[doc(hidden)]
 pub mod testutil;
 
@@ -24,16 +29,22 @@ use initrd_config::{InitrdConfig, ModuleSpec, CONFIG_PATH};
 pub use closure::{BootspecV1, Closure, ClosureError};
 pub use compress::Compression;
 pub use elf::ElfError;
+pub use include::{Include, IncludeError};
 pub use kmod::KmodError;
+pub use microcode::Vendor;
+pub use store::{EmbedStore, StoreError};
 
 /// The triple the guest binaries are built for (`cargo static`).
 pub const GUEST_TARGET: &str = "x86_64-unknown-linux-musl";
 
-/// What to build.
+/// What to build. `Default` gives an initrd with the default init, no closure (the command
+/// line must carry `init=`), no modules, zstd.
 #[derive(Debug, Clone, Default)]
 pub struct BuildOptions {
-    /// A NixOS system toplevel, or any directory with an executable `init`.
-    pub closure: PathBuf,
+    /// A NixOS system toplevel, or any directory with an executable `init`; its init is the
+    /// default next init. None: no default (the NixOS module builds the initrd before the
+    /// toplevel exists, since the toplevel's boot.json names the initrd).
+    pub closure: Option<PathBuf>,
     /// The initramfs file to write (atomically).
     pub output: PathBuf,
     /// One kernel's `lib/modules/<version>` directory.
@@ -41,9 +52,20 @@ pub struct BuildOptions {
     /// Module names or aliases; empty means [`kmod::DEFAULT_MODULES`] when
     /// `kernel_modules` is given.
     pub modules: Vec<String>,
+    /// Where the modules' firmware is looked for; empty means the modules directory's
+    /// `../../firmware` (`/lib/firmware`).
+    pub firmware_dirs: Vec<PathBuf>,
     /// The static init to pack as `/init`; None means [`default_init_binary`].
     pub init: Option<PathBuf>,
     pub compression: Compression,
+    /// Host files, directories and programs (with their libraries) to pack.
+    pub includes: Vec<Include>,
+    /// Early microcode blobs or directories (see [`microcode`]).
+    pub microcode: Vec<PathBuf>,
+    /// The vendor of every microcode input; None: from their names.
+    pub microcode_vendor: Option<Vendor>,
+    /// Pack the closure's store paths under /nix/store (see [`store`]).
+    pub embed_store: Option<EmbedStore>,
 }
 
 /// What was built.
@@ -52,15 +74,23 @@ pub struct BuildReport {
     pub output: PathBuf,
     /// Bytes written.
     pub size: u64,
+    /// Bytes of the archives before compression (microcode segment included).
+    pub uncompressed_size: u64,
+    /// Entries of the main archive.
+    pub entries: usize,
     /// Module names in load order.
     pub modules: Vec<String>,
     pub kernel_version: Option<String>,
-    /// The next init recorded in the configuration.
-    pub default_init: String,
+    /// The next init recorded in the configuration (None without a closure).
+    pub default_init: Option<String>,
     /// The command line a user needs to boot the closure with this initrd.
     pub kernel_cmdline: String,
     /// The static init packed as `/init`.
     pub init_binary: PathBuf,
+    /// Firmware files packed (relative to /lib/firmware).
+    pub firmware: Vec<String>,
+    /// Store paths packed by `--embed-store`.
+    pub store_paths: usize,
     /// Remarks for the user (built-in modules skipped, aliases resolved, ...).
     pub notes: Vec<String>,
     pub elapsed: Duration,
@@ -69,13 +99,26 @@ pub struct BuildReport {
 /// An initramfs built in memory.
 #[derive(Debug, Clone)]
 pub struct Image {
-    /// The (possibly compressed) initramfs.
+    /// The initramfs: the microcode segment if any, then the (possibly compressed) archive.
     pub bytes: Vec<u8>,
+    /// Bytes of the archives before compression.
+    pub uncompressed_size: usize,
+    /// Entries of the main archive.
+    pub entries: usize,
     /// The configuration written to [`CONFIG_PATH`].
     pub config: InitrdConfig,
-    pub closure: Closure,
+    pub closure: Option<Closure>,
     pub init_binary: PathBuf,
+    pub firmware: Vec<String>,
+    pub store_paths: usize,
     pub notes: Vec<String>,
+}
+
+impl Image {
+    /// The command line a user needs to boot with this initrd.
+    pub fn kernel_cmdline(&self) -> String {
+        kernel_cmdline(self.closure.as_ref())
+    }
 }
 
 /// Why a build failed.
@@ -96,6 +139,16 @@ pub enum Error {
     ModulesWithoutDir,
     #[error(transparent)]
     Kmod(#[from] KmodError),
+    #[error(transparent)]
+    Firmware(#[from] firmware::FirmwareError),
+    #[error("--include: {0}")]
+    Include(#[from] IncludeError),
+    #[error("--microcode: {0}")]
+    Microcode(#[from] microcode::MicrocodeError),
+    #[error("--embed-store: {0}")]
+    Store(#[from] StoreError),
+    #[error("--embed-store: {0}")]
+    StoreInclude(IncludeError),
     #[error("cannot lay out the initramfs: {0}")]
     Cpio(#[from] cpio::CpioError),
     #[error(transparent)]
@@ -127,6 +180,16 @@ pub fn source_date_epoch() -> Result<u32, Error> {
     }
 }
 
+/// The kernel command line for an imageless guest: the closure's init and bootspec
+/// parameters when there is a closure. The same with an embedded store: the init takes the
+/// store from the initrd (and mounts no share) on its own when the root is a tmpfs.
+pub fn kernel_cmdline(closure: Option<&Closure>) -> String {
+    match closure {
+        Some(c) => c.kernel_cmdline(),
+        None => "root=tmpfs console=ttyS0,115200".to_owned(),
+    }
+}
+
 /// Builds the initramfs and writes it atomically to `opts.output`.
 pub fn build(opts: &BuildOptions) -> Result<BuildReport, Error> {
     let start = Instant::now();
@@ -141,6 +204,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, Error> {
     Ok(BuildReport {
         output: opts.output.clone(),
         size: image.bytes.len() as u64,
+        uncompressed_size: image.uncompressed_size as u64,
+        entries: image.entries,
         modules: image
             .config
             .modules
@@ -148,17 +213,35 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, Error> {
             .map(|m| m.name.clone())
             .collect(),
         kernel_version: image.config.kernel_version.clone(),
-        default_init: image.closure.default_init.clone(),
-        kernel_cmdline: image.closure.kernel_cmdline(),
-        init_binary: image.init_binary,
+        default_init: image.config.default_init.clone(),
+        kernel_cmdline: image.kernel_cmdline(),
+        init_binary: image.init_binary.clone(),
+        firmware: image.firmware.clone(),
+        store_paths: image.store_paths,
         notes: image.notes,
         elapsed: start.elapsed(),
     })
 }
 
+/// Directories every initramfs has (mode 0755), parents first.
+const LAYOUT_DIRS: &[&str] = &[
+    "dev",
+    "proc",
+    "sys",
+    "run",
+    "sysroot",
+    "etc",
+    "etc/nixboot",
+    "lib",
+    "lib/modules",
+];
+
+/// Where `--embed-store` puts the store, and what the configuration says.
+pub const EMBEDDED_STORE: &str = "/nix/store";
+
 /// Builds the initramfs in memory with every mtime set to `mtime`; writes nothing.
 pub fn build_image(opts: &BuildOptions, mtime: u32) -> Result<Image, Error> {
-    let closure = Closure::open(&opts.closure)?;
+    let closure = opts.closure.as_deref().map(Closure::open).transpose()?;
     if opts.kernel_modules.is_none() && !opts.modules.is_empty() {
         return Err(Error::ModulesWithoutDir);
     }
@@ -169,11 +252,15 @@ pub fn build_image(opts: &BuildOptions, mtime: u32) -> Result<Image, Error> {
     let init_bytes = read_static(&init_binary)?;
 
     let mut config = InitrdConfig::new();
-    config.default_init = Some(closure.default_init.clone());
+    config.default_init = closure.as_ref().map(|c| c.default_init.clone());
+    if opts.embed_store.is_some() {
+        config.embedded_store = Some(EMBEDDED_STORE.to_owned());
+    }
     let mut notes = Vec::new();
     let mut modules = Vec::new();
+    let mut firmware = firmware::Found::default();
     if let Some(dir) = &opts.kernel_modules {
-        let dir = kmod::ModulesDir::open(dir)?;
+        let modules_dir = kmod::ModulesDir::open(dir)?;
         let requested: Vec<String> = if opts.modules.is_empty() {
             kmod::DEFAULT_MODULES
                 .iter()
@@ -182,8 +269,15 @@ pub fn build_image(opts: &BuildOptions, mtime: u32) -> Result<Image, Error> {
         } else {
             opts.modules.clone()
         };
-        let resolution = dir.resolve(&requested)?;
+        let resolution = modules_dir.resolve(&requested)?;
         notes.extend(resolution.notes);
+        let fw_dirs = if opts.firmware_dirs.is_empty() {
+            firmware::default_dir(dir).into_iter().collect()
+        } else {
+            opts.firmware_dirs.clone()
+        };
+        firmware = firmware::collect(&resolution.modules, &fw_dirs)?;
+        notes.append(&mut firmware.notes);
         config.kernel_version = Some(resolution.kernel_version.clone());
         for m in resolution.modules {
             let path = format!("/lib/modules/{}/{}", resolution.kernel_version, m.rel_path);
@@ -197,17 +291,7 @@ pub fn build_image(opts: &BuildOptions, mtime: u32) -> Result<Image, Error> {
     }
 
     let mut archive = cpio::ArchiveBuilder::new();
-    for dir in [
-        "dev",
-        "proc",
-        "sys",
-        "run",
-        "sysroot",
-        "etc",
-        "etc/nixboot",
-        "lib",
-        "lib/modules",
-    ] {
+    for dir in LAYOUT_DIRS {
         archive.dir(dir, 0o755)?;
     }
     // The kernel opens /dev/console for /init's stdio before anything is mounted.
@@ -217,12 +301,48 @@ pub fn build_image(opts: &BuildOptions, mtime: u32) -> Result<Image, Error> {
     for (path, data) in modules {
         archive.file(&path, 0o644, data)?;
     }
-    let bytes = compress::compress(opts.compression, &archive.write(mtime))?;
+    let firmware_names: Vec<String> = firmware.files.keys().cloned().collect();
+    for (name, data) in firmware.files {
+        archive.file(&format!("{}/{name}", firmware::FIRMWARE_DIR), 0o644, data)?;
+    }
+
+    let mut store_paths = 0;
+    {
+        let mut collector = include::Collector::new(&mut archive);
+        collector.add_includes(&opts.includes)?;
+        if let Some(embed) = &opts.embed_store {
+            let (paths, store_notes) = store::resolve(embed, opts.closure.as_deref())?;
+            notes.extend(store_notes);
+            store_paths = paths.len();
+            for p in paths {
+                collector
+                    .add_verbatim(
+                        &p.host,
+                        &format!("{EMBEDDED_STORE}/{}", p.name),
+                        include::Deps::Ignore,
+                    )
+                    .map_err(Error::StoreInclude)?;
+            }
+        }
+        notes.append(&mut collector.notes);
+    }
+
+    let blobs = microcode::collect(&opts.microcode, opts.microcode_vendor)?;
+    let early = microcode::segment(&blobs, mtime).unwrap_or_default();
+    let main = archive.write(mtime);
+    let uncompressed_size = early.len() + main.len();
+    let compressed = compress::compress(opts.compression, &main)?;
+    let mut bytes = early;
+    bytes.extend_from_slice(&compressed);
     Ok(Image {
         bytes,
+        uncompressed_size,
+        entries: archive.len(),
         config,
         closure,
         init_binary,
+        firmware: firmware_names,
+        store_paths,
         notes,
     })
 }

@@ -1,13 +1,14 @@
 //! The `mkinitrd` command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use mkinitrd::{BuildOptions, Closure, Compression};
+use mkinitrd::{BuildOptions, Closure, Compression, EmbedStore, Include, Vendor};
 
-/// Packs a static init, its configuration and kernel modules into a reproducible initramfs.
+/// Packs a static init, its configuration, kernel modules and host files into a
+/// reproducible initramfs.
 #[derive(Parser, Debug)]
 #[command(
     name = "mkinitrd",
@@ -24,8 +25,9 @@ struct Cli {
 
 #[derive(Args, Debug)]
 struct BuildArgs {
-    /// The system to boot: a NixOS toplevel (./result) or any directory with an executable `init`.
-    #[arg(long, value_name = "RESULT", required = true)]
+    /// The system to boot: a NixOS toplevel (./result) or any directory with an executable
+    /// `init`, whose init becomes the default. Without it the kernel command line must carry init=.
+    #[arg(long, value_name = "RESULT")]
     closure: Option<PathBuf>,
     /// The initramfs to write (replaced atomically).
     #[arg(
@@ -41,10 +43,35 @@ struct BuildArgs {
     /// A kernel module name or alias to pack with its dependencies (repeatable).
     #[arg(long = "module", value_name = "NAME", requires = "kernel_modules")]
     modules: Vec<String>,
+    /// Where the modules' firmware is looked for (repeatable) [default: the modules directory's ../../firmware].
+    #[arg(long = "firmware-dir", value_name = "DIR", requires = "kernel_modules")]
+    firmware_dirs: Vec<PathBuf>,
+    /// A host file, directory or program to pack, at its own path or at DST; programs bring
+    /// their interpreter and libraries (repeatable).
+    #[arg(long = "include", value_name = "SRC[:DST]", value_parser = parse_include)]
+    includes: Vec<Include>,
+    /// Early microcode: a blob or a directory of blobs (intel-ucode, amd-ucode), packed
+    /// uncompressed in front of the archive (repeatable).
+    #[arg(long, value_name = "FILE|DIR")]
+    microcode: Vec<PathBuf>,
+    /// The CPU vendor of every --microcode input [default: from their names].
+    #[arg(long, value_name = "intel|amd", requires = "microcode")]
+    microcode_vendor: Option<Vendor>,
+    /// Pack the closure's store paths under /nix/store: a machine boots with no store share and no disk.
+    #[arg(long)]
+    embed_store: bool,
+    /// With --embed-store: the store paths to pack, one per line (closureInfo's store-paths)
+    /// [default: $NIXBOOT_CLOSURE_INFO/store-paths when that variable is set].
+    #[arg(long, value_name = "FILE", requires = "embed_store")]
+    store_paths: Option<PathBuf>,
+    /// With --embed-store: the host directory holding the store paths [default: /nix/store];
+    /// without --store-paths, every entry of it is packed.
+    #[arg(long, value_name = "DIR", requires = "embed_store")]
+    store_dir: Option<PathBuf>,
     /// The static init to pack as /init [default: the init built alongside mkinitrd].
     #[arg(long, value_name = "PATH")]
     init: Option<PathBuf>,
-    /// Compression of the archive.
+    /// Compression of the archive: zstd, gzip, xz, lz4 or none.
     #[arg(long, value_name = "METHOD", default_value = "zstd", value_parser = parse_compression)]
     compress: Compression,
     /// Print the kernel command line that boots the closure with this initrd.
@@ -54,22 +81,33 @@ struct BuildArgs {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// List every segment's entries and check the kernel's unpacking rules.
+    /// List every segment's entries and check the kernel's unpacking rules; --extract unpacks.
     Inspect {
+        /// Unpack every segment into DIR (never outside it; device nodes only as root).
+        #[arg(long, value_name = "DIR")]
+        extract: Option<PathBuf>,
         /// The initramfs file.
         file: PathBuf,
     },
 }
+
+/// With --embed-store and no --store-paths: a closureInfo directory whose `store-paths` is used.
+const CLOSURE_INFO_ENV: &str = "NIXBOOT_CLOSURE_INFO";
 
 fn parse_compression(s: &str) -> Result<Compression, String> {
     s.parse()
         .map_err(|e: mkinitrd::compress::UnknownCompression| e.to_string())
 }
 
+fn parse_include(s: &str) -> Result<Include, String> {
+    s.parse()
+        .map_err(|e: mkinitrd::include::BadInclude| e.to_string())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Some(Command::Inspect { file }) => inspect(&file),
+        Some(Command::Inspect { extract, file }) => inspect(&file, extract.as_deref()),
         None => build(cli.build),
     };
     match result {
@@ -82,48 +120,86 @@ fn main() -> ExitCode {
 }
 
 fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
-    // clap enforces --closure outside subcommands.
-    let closure = args.closure.context("--closure is required")?;
+    let embed = args.embed_store.then(|| EmbedStore {
+        // A Nix build hands a closureInfo over in this variable (nixos/modules/baremetal).
+        store_paths: args.store_paths.clone().or_else(|| {
+            std::env::var_os(CLOSURE_INFO_ENV)
+                .filter(|v| !v.is_empty())
+                .map(|d| PathBuf::from(d).join("store-paths"))
+        }),
+        store_dir: args.store_dir.clone(),
+    });
     let Some(output) = args.output else {
         // --print-cmdline alone: nothing to build.
-        println!("{}", Closure::open(&closure)?.kernel_cmdline());
+        let closure = args.closure.as_deref().map(Closure::open).transpose()?;
+        if closure.is_none() {
+            eprintln!("mkinitrd: note: no --closure: add init=/nix/store/...-nixos-system-.../init to this line");
+        }
+        println!("{}", mkinitrd::kernel_cmdline(closure.as_ref()));
         return Ok(ExitCode::SUCCESS);
     };
     let opts = BuildOptions {
-        closure,
+        closure: args.closure,
         output,
         kernel_modules: args.kernel_modules,
         modules: args.modules,
+        firmware_dirs: args.firmware_dirs,
         init: args.init,
         compression: args.compress,
+        includes: args.includes,
+        microcode: args.microcode,
+        microcode_vendor: args.microcode_vendor,
+        embed_store: embed,
     };
     let report = mkinitrd::build(&opts)?;
     for note in &report.notes {
         eprintln!("mkinitrd: note: {note}");
     }
+    if report.default_init.is_none() {
+        eprintln!("mkinitrd: note: no --closure, so no default init: the kernel command line must carry init=");
+    }
     if args.print_cmdline {
         println!("{}", report.kernel_cmdline);
     }
+    let mut extra = String::new();
+    if let Some(v) = &report.kernel_version {
+        extra.push_str(&format!(" for {v}"));
+    }
+    if !report.firmware.is_empty() {
+        extra.push_str(&format!(", {} firmware files", report.firmware.len()));
+    }
+    if report.store_paths > 0 {
+        extra.push_str(&format!(", {} store paths", report.store_paths));
+    }
     eprintln!(
-        "mkinitrd: wrote {} ({} bytes, {} modules{}, {} ms)",
+        "mkinitrd: wrote {} ({} bytes, {} modules{extra}, {} ms)",
         report.output.display(),
         report.size,
         report.modules.len(),
-        report
-            .kernel_version
-            .as_deref()
-            .map(|v| format!(" for {v}"))
-            .unwrap_or_default(),
         report.elapsed.as_millis()
     );
     Ok(ExitCode::SUCCESS)
 }
 
-fn inspect(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn inspect(file: &Path, extract: Option<&Path>) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let report = mkinitrd::inspect::inspect(&bytes)
         .with_context(|| format!("{} is not a valid initramfs", file.display()))?;
-    print!("{report}");
+    match extract {
+        Some(dir) => {
+            let r = mkinitrd::extract::extract(&report.segments, dir)?;
+            for note in &r.notes {
+                eprintln!("mkinitrd: note: {note}");
+            }
+            eprintln!(
+                "mkinitrd: extracted {} entries of {} segments into {}",
+                r.written,
+                report.segments.len(),
+                dir.display()
+            );
+        }
+        None => print!("{report}"),
+    }
     if report.violations.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }

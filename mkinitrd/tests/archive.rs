@@ -17,12 +17,13 @@ const KVER: &str = "6.1.0-99-test";
 
 fn options(tmp: &Path, compression: Compression) -> BuildOptions {
     BuildOptions {
-        closure: closure(tmp, "0a1b2c3d-nixos-system-test"),
+        closure: Some(closure(tmp, "0a1b2c3d-nixos-system-test")),
         output: tmp.join("initrd.img"),
         kernel_modules: Some(fake_modules(tmp, KVER)),
         modules: Vec::new(),
         init: Some(static_init(tmp)),
         compression,
+        ..BuildOptions::default()
     }
 }
 
@@ -246,7 +247,7 @@ fn cli_output_is_independent_of_cwd_and_module_order() {
         let mut c = mkinitrd();
         c.current_dir(cwd)
             .arg("--closure")
-            .arg(&opts.closure)
+            .arg(opts.closure.as_ref().unwrap())
             .arg("-o")
             .arg(tmp.path().join(out))
             .arg("--kernel-modules")
@@ -281,7 +282,7 @@ fn source_date_epoch_sets_every_mtime() {
     let (ok, _, err) = run(mkinitrd()
         .env("SOURCE_DATE_EPOCH", "1700000000")
         .arg("--closure")
-        .arg(&opts.closure)
+        .arg(opts.closure.as_ref().unwrap())
         .arg("-o")
         .arg(&out)
         .arg("--init")
@@ -297,7 +298,7 @@ fn source_date_epoch_sets_every_mtime() {
         let (ok, _, err) = run(mkinitrd()
             .env("SOURCE_DATE_EPOCH", bad)
             .arg("--closure")
-            .arg(&opts.closure)
+            .arg(opts.closure.as_ref().unwrap())
             .arg("-o")
             .arg(tmp.path().join("never.img"))
             .arg("--init")

@@ -20,12 +20,13 @@ fn setup() -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_owned();
     let opts = BuildOptions {
-        closure: closure(&dir, "f00-nixos-system"),
+        closure: Some(closure(&dir, "f00-nixos-system")),
         output: dir.join("out").join("initrd"),
         kernel_modules: Some(fake_modules(&dir, "6.1.0-7-test")),
         modules: Vec::new(),
         init: Some(static_init(&dir)),
         compression: Compression::Zstd,
+        ..BuildOptions::default()
     };
     fs::create_dir(dir.join("out")).unwrap();
     Setup {
@@ -53,7 +54,7 @@ fn fails(opts: &BuildOptions, needles: &[&str]) -> Error {
 fn missing_closure() {
     let s = setup();
     let opts = BuildOptions {
-        closure: s.dir.join("no-such-result"),
+        closure: Some(s.dir.join("no-such-result")),
         ..s.opts.clone()
     };
     let e = fails(&opts, &["no-such-result"]);
@@ -69,7 +70,7 @@ fn closure_without_init_or_with_plain_file_init() {
     let empty = s.dir.join("empty-system");
     fs::create_dir(&empty).unwrap();
     let opts = BuildOptions {
-        closure: empty.clone(),
+        closure: Some(empty.clone()),
         ..s.opts.clone()
     };
     fails(&opts, &["empty-system", "no `init`"]);
@@ -82,13 +83,13 @@ fn closure_without_init_or_with_plain_file_init() {
 fn malformed_boot_json() {
     let s = setup();
     fs::write(
-        s.opts.closure.join("boot.json"),
+        s.opts.closure.as_ref().unwrap().join("boot.json"),
         b"{\"org.nixos.bootspec.v1\": {\"init\": ",
     )
     .unwrap();
     fails(&s.opts, &["malformed bootspec", "boot.json"]);
     fs::write(
-        s.opts.closure.join("boot.json"),
+        s.opts.closure.as_ref().unwrap().join("boot.json"),
         br#"{"org.nixos.bootspec.v1": {"kernelParams": []}}"#,
     )
     .unwrap();
@@ -129,7 +130,7 @@ fn dynamic_init_is_refused() {
         skip("/bin/true missing");
     }
 
-    let script = s.opts.closure.join("init");
+    let script = s.opts.closure.as_ref().unwrap().join("init");
     let opts = BuildOptions {
         init: Some(script),
         ..s.opts.clone()
@@ -315,7 +316,7 @@ fn cli_errors_exit_non_zero_with_the_message() {
 
     let (ok, _, err) = run(mkinitrd()
         .arg("--closure")
-        .arg(&s.opts.closure)
+        .arg(s.opts.closure.as_ref().unwrap())
         .arg("-o")
         .arg(&s.opts.output)
         .args(["--init", "/bin/true"]));
@@ -325,7 +326,7 @@ fn cli_errors_exit_non_zero_with_the_message() {
     // clap refuses --module without --kernel-modules and unknown compressions.
     let (ok, _, err) = run(mkinitrd()
         .arg("--closure")
-        .arg(&s.opts.closure)
+        .arg(s.opts.closure.as_ref().unwrap())
         .arg("-o")
         .arg(&s.opts.output)
         .args(["--module", "virtiofs"]));
@@ -333,15 +334,42 @@ fn cli_errors_exit_non_zero_with_the_message() {
     assert!(err.contains("--kernel-modules"), "{err}");
     let (ok, _, err) = run(mkinitrd()
         .arg("--closure")
-        .arg(&s.opts.closure)
+        .arg(s.opts.closure.as_ref().unwrap())
         .arg("-o")
         .arg(&s.opts.output)
         .args(["--compress", "lzma"]));
     assert!(!ok);
     assert!(err.contains("lzma") && err.contains("zstd"), "{err}");
-    // No --closure at all.
-    let (ok, _, err) = run(mkinitrd().arg("-o").arg(&s.opts.output));
+    // Nothing to write to.
+    let (ok, _, err) = run(mkinitrd()
+        .arg("--closure")
+        .arg(s.opts.closure.as_ref().unwrap()));
     assert!(!ok);
-    assert!(err.contains("--closure"), "{err}");
+    assert!(err.contains("--output"), "{err}");
+    // Options that only make sense with another one.
+    for (args, needs) in [
+        (&["--store-paths", "x"][..], "--embed-store"),
+        (&["--store-dir", "x"][..], "--embed-store"),
+        (&["--microcode-vendor", "intel"][..], "--microcode"),
+        (&["--firmware-dir", "x"][..], "--kernel-modules"),
+    ] {
+        let (ok, _, err) = run(mkinitrd().arg("-o").arg(&s.opts.output).args(args));
+        assert!(!ok, "{args:?}");
+        assert!(err.contains(needs), "{args:?}: {err}");
+    }
+    let (ok, _, err) = run(mkinitrd().arg("-o").arg(&s.opts.output).args([
+        "--microcode",
+        "x",
+        "--microcode-vendor",
+        "via",
+    ]));
+    assert!(!ok);
+    assert!(err.contains("intel or amd"), "{err}");
+    let (ok, _, err) = run(mkinitrd()
+        .arg("-o")
+        .arg(&s.opts.output)
+        .args(["--include", "x:/"]));
+    assert!(!ok);
+    assert!(err.contains("--include"), "{err}");
     assert!(listing(s.opts.output.parent().unwrap()).is_empty());
 }

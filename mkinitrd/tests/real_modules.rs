@@ -35,12 +35,13 @@ fn imageless_set_from_the_real_kernel() {
         .to_owned();
     let tmp = tempfile::tempdir().unwrap();
     let opts = BuildOptions {
-        closure: closure(tmp.path(), "5eed-nixos-system-imageless"),
+        closure: Some(closure(tmp.path(), "5eed-nixos-system-imageless")),
         output: tmp.path().join("initrd"),
         kernel_modules: Some(modules_dir.clone()),
         modules: Vec::new(),
         init: Some(init_binary(tmp.path())),
         compression: Compression::Zstd,
+        ..BuildOptions::default()
     };
     let report = mkinitrd::build(&opts).unwrap();
     eprintln!(

@@ -334,8 +334,8 @@ fn kexec_carry_files_reach_the_booted_systems_run() {
         a.file(initrd_config::CONFIG_PATH, 0o644, config.to_bytes())
             .unwrap();
     });
-    // What kexec-run.sh appends at kexec time: GNU cpio of etc/nixboot/carry, after NUL
-    // padding to a 4-byte boundary.
+    // What kexec-run.sh appends at kexec time: GNU cpio of etc/nixboot/carry, after 4 to 7
+    // NULs (4-byte alignment, and the 4 an lz4 stream needs after it).
     let root = kit.tmp.path().join("carry-root");
     let carry = root.join("etc/nixboot/carry");
     std::fs::create_dir_all(carry.join("ssh")).unwrap();
@@ -349,7 +349,7 @@ fn kexec_carry_files_reach_the_booted_systems_run() {
         .output()
         .expect("GNU cpio");
     assert!(cpio.status.success(), "cpio: {cpio:?}");
-    bytes.resize(bytes.len().div_ceil(4) * 4, 0);
+    bytes.resize(4 + bytes.len().div_ceil(4) * 4, 0);
     bytes.extend_from_slice(&cpio.stdout);
     let initrd = kit.write_initrd("initrd", &bytes);
 

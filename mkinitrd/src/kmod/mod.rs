@@ -39,8 +39,8 @@ pub enum KmodError {
         dir: PathBuf,
         needed_by: Option<String>,
     },
-    #[error("kernel module {name} is compressed ({path}); compressed modules are not supported yet: use a modules directory with uncompressed .ko files")]
-    Compressed { name: String, path: PathBuf },
+    #[error("cannot decompress kernel module {path}: {source}")]
+    Decompress { path: PathBuf, source: io::Error },
     #[error("cannot read kernel module {path}: {source}")]
     Read { path: PathBuf, source: io::Error },
     #[error("cannot read .modinfo of kernel module {path}: {source}")]
@@ -82,13 +82,47 @@ fn is_compressed(path: &str) -> bool {
     !path.ends_with(".ko")
 }
 
+/// The path a module is packed at: compressed modules are decompressed at build time
+/// (`kernel/fs/fuse/fuse.ko.xz` -> `kernel/fs/fuse/fuse.ko`), because the init loads them
+/// with a plain `finit_module` (the kernel decompresses only with CONFIG_MODULE_DECOMPRESS
+/// and its own compression).
+pub fn packed_path(rel: &str) -> String {
+    match rel.rfind(".ko") {
+        Some(i) if is_compressed(rel) => format!("{}.ko", &rel[..i]),
+        _ => rel.to_owned(),
+    }
+}
+
+/// Upper bound on a decompressed module (the largest in-tree modules are tens of MB).
+const MAX_MODULE_SIZE: usize = 1 << 30;
+
+/// Reads a module file, decompressing `.ko.xz`, `.ko.zst` and `.ko.gz`.
+pub fn read_module(path: &Path) -> Result<Vec<u8>, KmodError> {
+    let data = fs::read(path).map_err(|source| KmodError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    if path.to_str().is_some_and(|p| !is_compressed(p)) {
+        return Ok(data);
+    }
+    crate::compress::decompress_file(&data, MAX_MODULE_SIZE).map_err(|source| {
+        KmodError::Decompress {
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
 /// One module to pack.
 #[derive(Debug, Clone)]
 pub struct ResolvedModule {
     /// Kernel name (underscores).
     pub name: String,
-    /// Path relative to the modules directory, e.g. `kernel/fs/fuse/fuse.ko`.
+    /// Path relative to the modules directory as packed, e.g. `kernel/fs/fuse/fuse.ko`
+    /// (always `.ko`: compressed modules are decompressed).
     pub rel_path: String,
+    /// The file it was read from (possibly `.ko.xz`, `.ko.zst` or `.ko.gz`).
+    pub source: PathBuf,
     /// The uncompressed module.
     pub data: Vec<u8>,
     pub info: ModInfo,
@@ -391,13 +425,14 @@ impl Resolver<'_> {
         if self.scanned_aliases.is_none() {
             let mut table = Vec::new();
             for (name, rel) in &self.dir.files {
-                // Compressed modules cannot be read yet; their aliases stay unknown.
-                if is_compressed(rel) {
-                    continue;
-                }
                 let path = self.dir.root.join(rel);
-                let info = modinfo::from_file(&path)
-                    .map_err(|source| KmodError::Modinfo { path, source })?;
+                let info = if is_compressed(rel) {
+                    // The whole module must be decompressed to reach .modinfo.
+                    modinfo::from_bytes(&read_module(&path)?)
+                } else {
+                    modinfo::from_file(&path)
+                }
+                .map_err(|source| KmodError::Modinfo { path, source })?;
                 for a in info.aliases {
                     table.push((depmod::normalize_alias(&a), name.clone()));
                 }
@@ -488,16 +523,7 @@ impl Resolver<'_> {
                 needed_by: needed_by.map(str::to_owned),
             })?;
         let path = self.dir.root.join(rel);
-        if is_compressed(rel) {
-            return Err(KmodError::Compressed {
-                name: name.to_owned(),
-                path,
-            });
-        }
-        let data = fs::read(&path).map_err(|source| KmodError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let data = read_module(&path)?;
         let info = modinfo::from_bytes(&data).map_err(|source| KmodError::Modinfo {
             path: path.clone(),
             source,
@@ -513,7 +539,8 @@ impl Resolver<'_> {
         }
         Ok(ResolvedModule {
             name: name.to_owned(),
-            rel_path: rel.clone(),
+            rel_path: packed_path(rel),
+            source: path,
             data,
             info,
         })
@@ -755,15 +782,53 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn compressed_modules_are_refused_only_when_needed() {
+    fn compressed_modules_are_decompressed() {
         let (_t, root) = virtio_tree();
-        fs::write(root.join("kernel/fs/zipped.ko.xz"), b"\xfd7zXZ\0").unwrap();
+        // Recompress three modules, each with another tool's format.
+        for (rel, c) in [
+            (
+                "kernel/fs/fuse/virtiofs.ko",
+                crate::compress::Compression::Xz,
+            ),
+            ("kernel/fs/fuse/fuse.ko", crate::compress::Compression::Zstd),
+            (
+                "kernel/drivers/virtio/virtio.ko",
+                crate::compress::Compression::Gzip,
+            ),
+        ] {
+            let plain = fs::read(root.join(rel)).unwrap();
+            let ext = match c {
+                crate::compress::Compression::Xz => "xz",
+                crate::compress::Compression::Zstd => "zst",
+                _ => "gz",
+            };
+            fs::write(
+                root.join(format!("{rel}.{ext}")),
+                crate::compress::compress(c, &plain).unwrap(),
+            )
+            .unwrap();
+            fs::remove_file(root.join(rel)).unwrap();
+        }
         let dir = ModulesDir::open(&root).unwrap();
-        // The alias scan passes over the compressed module.
-        dir.resolve(&req(&["fs-virtiofs"])).unwrap();
+        // Through the alias scan too (fs-virtiofs lives in the xz one).
+        let r = dir.resolve(&req(&["virtio_pci", "fs-virtiofs"])).unwrap();
+        assert_eq!(r.modules.len(), 7);
+        assert_deps_first(&r);
+        let virtiofs = r.modules.iter().find(|m| m.name == "virtiofs").unwrap();
+        assert_eq!(virtiofs.rel_path, "kernel/fs/fuse/virtiofs.ko");
+        assert!(virtiofs.source.ends_with("virtiofs.ko.xz"));
+        assert_eq!(&virtiofs.data[..4], b"\x7fELF");
+        let fuse = r.modules.iter().find(|m| m.name == "fuse").unwrap();
+        assert_eq!(fuse.rel_path, "kernel/fs/fuse/fuse.ko");
+        assert_eq!(packed_path("a/virtio.ko.gz"), "a/virtio.ko");
+        assert_eq!(packed_path("a/b.ko"), "a/b.ko");
+
+        // A damaged compressed module is an error naming the file.
+        fs::write(root.join("kernel/fs/zipped.ko.xz"), b"\xfd7zXZ\0garbage").unwrap();
+        let dir = ModulesDir::open(&root).unwrap();
         let e = dir.resolve(&req(&["zipped"])).unwrap_err();
-        assert!(matches!(e, KmodError::Compressed { .. }), "{e}");
-        assert!(e.to_string().contains("not supported yet"));
+        assert!(matches!(e, KmodError::Decompress { .. }), "{e}");
+        assert!(e.to_string().contains("zipped.ko.xz"), "{e}");
     }
 
     #[test]

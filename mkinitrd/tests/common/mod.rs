@@ -96,10 +96,11 @@ pub fn have(tool: &str, arg: &str) -> bool {
     ok
 }
 
-/// The mkinitrd binary, with a clean SOURCE_DATE_EPOCH.
+/// The mkinitrd binary, without the environment variables it reads.
 pub fn mkinitrd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_mkinitrd"));
-    c.env_remove("SOURCE_DATE_EPOCH");
+    c.env_remove("SOURCE_DATE_EPOCH")
+        .env_remove("NIXBOOT_CLOSURE_INFO");
     c
 }
 

@@ -49,10 +49,11 @@ if [ "$do_carry" = 1 ]; then
   chmod -R go-rwx "$carry"
   # A second newc archive appended to ours: the kernel unpacks them in order.
   (cd "$work/root" && find . -mindepth 1 | LC_ALL=C sort | "$here/cpio" --quiet -o -H newc -R 0:0) > "$work/carry.cpio"
-  # The kernel reads a plain archive only at a 4-byte aligned offset: pad ours with NULs
-  # (which it skips between archives) before appending.
+  # The kernel reads a plain archive only at a 4-byte aligned offset, and an lz4 legacy
+  # stream (no end marker) needs at least 4 NULs after it: pad with 4 to 7 NULs, which the
+  # kernel skips between archives.
   size=$(stat -c %s "$here/initrd")
-  { cat "$here/initrd"; head -c $(( (4 - size % 4) % 4 )) /dev/zero; cat "$work/carry.cpio"; } > "$work/initrd"
+  { cat "$here/initrd"; head -c $(( 4 + (4 - size % 4) % 4 )) /dev/zero; cat "$work/carry.cpio"; } > "$work/initrd"
   initrd=$work/initrd
 fi
 
