@@ -147,8 +147,22 @@ pub fn prerequisites() -> Result<Env, String> {
 /// For tests: the prerequisites, or `None` after a loud SKIP line on stderr; with
 /// NIXBOOT_REQUIRE_QEMU=1 a missing prerequisite panics instead.
 pub fn require_prerequisites(test: &str) -> Option<Env> {
-    match prerequisites() {
-        Ok(env) => Some(env),
+    require(test, prerequisites())
+}
+
+/// For tests: a host tool from PATH (qemu-img, ...), under the same rule as
+/// [`require_prerequisites`].
+pub fn require_tool(test: &str, name: &str) -> Option<PathBuf> {
+    require(
+        test,
+        find_in_path(name)
+            .ok_or_else(|| format!("{name} is not installed (.ci/setup installs it)")),
+    )
+}
+
+fn require<T>(test: &str, found: Result<T, String>) -> Option<T> {
+    match found {
+        Ok(v) => Some(v),
         Err(reason) => {
             if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
                 panic!("{test}: {reason} (and {REQUIRE_ENV}=1)");

@@ -180,6 +180,54 @@ fn block_root_by_path_on_mbr_with_rootflags() {
     );
 }
 
+/// The libvirt mode's disk: a read-only qcow2 base (the image in the store) under a
+/// per-VM qcow2 overlay, root on /dev/vda1 ext4.
+#[test]
+fn block_root_on_a_qcow2_overlay_as_libvirt_guests_have() {
+    let test = "block_root_on_a_qcow2_overlay_as_libvirt_guests_have";
+    let Some(d) = disk_root(test) else {
+        return;
+    };
+    let Some(qemu_img) = qemu_tests::artifacts::require_tool(test, "qemu-img") else {
+        return;
+    };
+    let raw = d.image(&disk::mbr(MBR_SIG, &d.fs));
+    let base = d.kit.path("base.qcow2");
+    let overlay = d.kit.path("vm-overlay.qcow2");
+    let run = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(&qemu_img)
+            .args(args)
+            .output()
+            .expect("qemu-img");
+        assert!(out.status.success(), "qemu-img {args:?}: {out:?}");
+    };
+    run(&[
+        "convert".as_ref(),
+        "-O".as_ref(),
+        "qcow2".as_ref(),
+        raw.as_os_str(),
+        base.as_os_str(),
+    ]);
+    common::chmod(&base, 0o444);
+    run(&[
+        "create".as_ref(),
+        "-f".as_ref(),
+        "qcow2".as_ref(),
+        "-b".as_ref(),
+        base.as_os_str(),
+        "-F".as_ref(),
+        "qcow2".as_ref(),
+        overlay.as_os_str(),
+    ]);
+    assert_eq!(common::disk_format(&overlay), "qcow2");
+    let o = d.boot(overlay, false, &["root=/dev/vda1", "rw"]);
+    let p = assert_block_root(&o, "/dev/vda1");
+    assert!(
+        p["root_options"].as_str().unwrap_or("").starts_with("rw"),
+        "{p}"
+    );
+}
+
 #[test]
 fn block_root_by_mbr_partuuid_as_a_udev_path() {
     let Some(d) = disk_root("block_root_by_mbr_partuuid_as_a_udev_path") else {

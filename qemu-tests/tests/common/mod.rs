@@ -220,6 +220,21 @@ impl Boot {
     }
 }
 
+/// `qcow2` when the image starts with qcow2's magic, `raw` otherwise: said explicitly, since
+/// QEMU refuses to guess for writes to block 0 of a raw image.
+pub fn disk_format(image: &Path) -> &'static str {
+    let mut magic = [0u8; 4];
+    let is_qcow2 = std::fs::File::open(image)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && magic == *b"QFI\xfb";
+    if is_qcow2 {
+        "qcow2"
+    } else {
+        "raw"
+    }
+}
+
 /// Boots `initrd` once.
 pub fn boot(kit: &Kit, initrd: &Path, b: Boot) -> Outcome {
     let mut cmdline: Vec<String> = qemu_tests::bootspec::BASE_PARAMS
@@ -248,8 +263,9 @@ pub fn boot(kit: &Kit, initrd: &Path, b: Boot) -> Outcome {
     for (img, ro) in b.disks {
         cfg.extra_qemu_args.push("-drive".into());
         cfg.extra_qemu_args.push(format!(
-            "file={},format=raw,if=virtio{}",
+            "file={},format={},if=virtio{}",
             img.display(),
+            disk_format(&img),
             if ro { ",readonly=on" } else { "" }
         ));
     }
