@@ -108,6 +108,17 @@ pub struct Env {
     pub qemu: PathBuf,
 }
 
+impl Env {
+    /// A VM of this environment's kernel, QEMU and virtiofsd booting `initrd` with
+    /// `cmdline`; shares, timeout and the rest are the caller's.
+    pub fn vm(&self, initrd: &Path, cmdline: String) -> crate::qemu::VmConfig {
+        let mut cfg = crate::qemu::VmConfig::new(&self.kernel, Some(initrd.to_path_buf()), cmdline);
+        cfg.qemu = self.qemu.clone();
+        cfg.virtiofsd = self.virtiofsd.clone();
+        cfg
+    }
+}
+
 /// Looks for the kernel, modules, virtiofsd (from `.ci/setup`'s variables) and QEMU.
 pub fn prerequisites() -> Result<Env, String> {
     let var = |name: &str| -> Result<PathBuf, String> {

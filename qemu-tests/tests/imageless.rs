@@ -4,7 +4,7 @@
 use qemu_tests::artifacts::{self, fake_store_name, Env};
 use qemu_tests::bootspec::{self, KernelCmdline};
 use qemu_tests::console::{self, Status};
-use qemu_tests::qemu::{self, Outcome, VmConfig};
+use qemu_tests::qemu::{self, Outcome};
 use qemu_tests::Share;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -77,9 +77,7 @@ fn boot(f: &Fixture, share_store: bool, append: Option<&str>) -> Outcome {
         ..Default::default()
     }
     .render();
-    let mut cfg = VmConfig::new(&f.env.kernel, Some(f.initrd.clone()), cmdline);
-    cfg.qemu = f.env.qemu.clone();
-    cfg.virtiofsd = f.env.virtiofsd.clone();
+    let mut cfg = f.env.vm(&f.initrd, cmdline);
     cfg.timeout = Some(BOOT_TIMEOUT);
     cfg.quiet = true;
     if share_store {

@@ -7,7 +7,7 @@
 use qemu_tests::artifacts::{self, fake_store_name};
 use qemu_tests::bootspec::{self, KernelCmdline};
 use qemu_tests::console::{self, Status};
-use qemu_tests::qemu::{self, VmConfig};
+use qemu_tests::qemu;
 use qemu_tests::Share;
 use std::path::Path;
 use std::time::Duration;
@@ -172,9 +172,7 @@ fn boot_busybox(test: &str, switch: &str) -> Option<serde_json::Value> {
         ..Default::default()
     }
     .render();
-    let mut cfg = VmConfig::new(&env.kernel, Some(initrd), cmdline);
-    cfg.qemu = env.qemu.clone();
-    cfg.virtiofsd = env.virtiofsd.clone();
+    let mut cfg = env.vm(&initrd, cmdline);
     cfg.timeout = Some(Duration::from_secs(120));
     cfg.quiet = true;
     cfg.shares = vec![

@@ -11,7 +11,7 @@ use initrd_config::InitrdConfig;
 use mkinitrd::cpio::ArchiveBuilder;
 use qemu_tests::artifacts::{self, fake_store_name, Env, StaticBinaries};
 use qemu_tests::console::{self, ConsoleFacts, Status};
-use qemu_tests::qemu::{self, Outcome, VmConfig};
+use qemu_tests::qemu::{self, Outcome};
 use qemu_tests::Share;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -246,13 +246,7 @@ pub fn boot(kit: &Kit, initrd: &Path, b: Boot) -> Outcome {
         cmdline.push("--".into());
         cmdline.extend(b.init_args);
     }
-    let mut cfg = VmConfig::new(
-        &kit.env.kernel,
-        Some(initrd.to_path_buf()),
-        cmdline.join(" "),
-    );
-    cfg.qemu = kit.env.qemu.clone();
-    cfg.virtiofsd = kit.env.virtiofsd.clone();
+    let mut cfg = kit.env.vm(initrd, cmdline.join(" "));
     cfg.timeout = Some(BOOT_TIMEOUT);
     cfg.quiet = true;
     cfg.shares = b.shares;

@@ -6,7 +6,7 @@
 use qemu_tests::artifacts::{self, fake_store_name, Env, StaticBinaries};
 use qemu_tests::bootspec::{self, KernelCmdline};
 use qemu_tests::console::{self, Status};
-use qemu_tests::qemu::{self, Outcome, VmConfig};
+use qemu_tests::qemu::{self, Outcome};
 use qemu_tests::Share;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
@@ -121,9 +121,7 @@ impl Fixture {
 
     /// Boots (waiting for a VM slot) with the store and modules shared, or nothing shared.
     pub fn boot(&self, initrd: &Path, cmdline: String, share: bool) -> Outcome {
-        let mut cfg = VmConfig::new(&self.env.kernel, Some(initrd.to_owned()), cmdline);
-        cfg.qemu = self.env.qemu.clone();
-        cfg.virtiofsd = self.env.virtiofsd.clone();
+        let mut cfg = self.env.vm(initrd, cmdline);
         cfg.timeout = Some(BOOT_TIMEOUT);
         cfg.quiet = true;
         if share {

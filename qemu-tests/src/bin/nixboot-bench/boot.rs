@@ -3,7 +3,7 @@
 use crate::peers::{Built, Kind, STAGE2_SH, STAMP_C};
 use crate::{say, Ctx};
 use anyhow::{Context, Result};
-use qemu_tests::qemu::{self, VmConfig};
+use qemu_tests::qemu;
 use qemu_tests::Share;
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::PermissionsExt;
@@ -229,9 +229,7 @@ fn boot_once(
     slot: usize,
     boots_dir: &Path,
 ) -> Result<BootRecord> {
-    let mut cfg = VmConfig::new(&ctx.env.kernel, Some(b.image.clone()), cmdline(ctx, b.kind));
-    cfg.qemu = ctx.env.qemu.clone();
-    cfg.virtiofsd = ctx.env.virtiofsd.clone();
+    let mut cfg = ctx.env.vm(&b.image, cmdline(ctx, b.kind));
     cfg.memory_mb = MEMORY_MB;
     cfg.cpus = CPUS;
     cfg.accel = Some(ctx.accel);
