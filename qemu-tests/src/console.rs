@@ -43,7 +43,7 @@ impl StatusLine {
         let start = line.find(STATUS_MARKER).ok_or(StatusParseError::NoMarker)?;
         let rest = &line[start + STATUS_MARKER.len()..];
         let rest = rest.split('\n').next().unwrap_or("");
-        let rest = rest.trim_end_matches(['\r', ' ', '\t']);
+        let rest = cut_at_printk(rest).trim_end_matches(['\r', ' ', '\t']);
         let fields = parse_pairs(rest)?;
         if !fields.iter().any(|(k, _)| k == "status") {
             return Err(StatusParseError::NoStatus);
@@ -208,7 +208,12 @@ impl ConsoleFacts {
         }
         if let Some(pos) = line.find(PROBE_MARKER) {
             let json = line[pos + PROBE_MARKER.len()..].trim();
-            match serde_json::from_str::<serde_json::Value>(json) {
+            // One value, whatever follows it: the kernel's console output can land on the
+            // same line before the probe's newline does (seen in CI: "...}[ 2.12] tsc: ...").
+            let first = serde_json::Deserializer::from_str(json)
+                .into_iter::<serde_json::Value>()
+                .next();
+            match first.unwrap_or_else(|| serde_json::from_str::<serde_json::Value>("")) {
                 Ok(v) if self.probe.is_none() => self.probe = Some(v),
                 Ok(_) => self.warnings.push("more than one probe result".into()),
                 Err(e) => self
@@ -244,9 +249,79 @@ pub fn has_word(line: &str, word: &str) -> bool {
         .any(|w| w == word)
 }
 
+/// The part of a console line before a kernel message spliced into it: the serial console
+/// interleaves printk output with userspace writes, so a `[    2.124088] ...` timestamp
+/// outside double quotes ends what the init wrote.
+fn cut_at_printk(line: &str) -> &str {
+    let b = line.as_bytes();
+    let mut quoted = false;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' if quoted => i += 1,
+            b'"' => quoted = !quoted,
+            b'[' if !quoted && is_printk_stamp(&b[i..]) => return &line[..i],
+            _ => {}
+        }
+        i += 1;
+    }
+    line
+}
+
+/// `[` spaces digits `.` six digits `]`
+fn is_printk_stamp(b: &[u8]) -> bool {
+    let mut i = 1;
+    while b.get(i) == Some(&b' ') {
+        i += 1;
+    }
+    let int = i;
+    while b.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    if i == int || b.get(i) != Some(&b'.') {
+        return false;
+    }
+    let frac = i + 1;
+    i = frac;
+    while b.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    i - frac == 6 && b.get(i) == Some(&b']')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_output_spliced_after_the_probe_json_is_ignored() {
+        // The console line CI saw: the kernel wrote before the probe's newline.
+        let c = "PROBE-RESULT {\"pid\":1,\"errors\":[]}[    2.124088] tsc: Refined TSC clocksource calibration: 2445.381 MHz\n";
+        let f = ConsoleFacts::parse(c);
+        assert!(f.warnings.is_empty(), "{:?}", f.warnings);
+        assert_eq!(f.probe.as_ref().expect("probe")["pid"], 1);
+        // Broken JSON is still a warning, not a silent pass.
+        let f = ConsoleFacts::parse("PROBE-RESULT {\"pid\":1,\n");
+        assert!(f.probe.is_none());
+        assert_eq!(f.warnings.len(), 1, "{:?}", f.warnings);
+    }
+
+    #[test]
+    fn kernel_output_spliced_after_the_status_line_is_cut_off() {
+        let s = StatusLine::parse(
+            "nixboot-status: status=ok step=exec init=/x/init initrd_ms=87[    2.124088] tsc: Refined",
+        )
+        .unwrap();
+        assert_eq!(s.get("initrd_ms"), Some("87"));
+        assert_eq!(s.fields.len(), 4, "{s}");
+        // Inside quotes the same text is part of the value.
+        let s = StatusLine::parse(
+            "nixboot-status: status=failed step=x error=\"saw [    1.000000] here\" action=poweroff",
+        )
+        .unwrap();
+        assert_eq!(s.error(), Some("saw [    1.000000] here"));
+        assert_eq!(s.get("action"), Some("poweroff"));
+    }
 
     #[test]
     fn status_ok_line() {
