@@ -1,6 +1,9 @@
 //! The project's init and mkinitrd, booted for real: an imageless guest (tmpfs root, the
 //! store and the kernel modules over virtiofs) whose "system" is the probe.
 
+mod common;
+
+use common::{assert_booted, context};
 use qemu_tests::artifacts::{self, fake_store_name, Env};
 use qemu_tests::bootspec::{self, KernelCmdline};
 use qemu_tests::console::{self, Status};
@@ -95,14 +98,6 @@ fn boot(f: &Fixture, share_store: bool, append: Option<&str>) -> Outcome {
     qemu::run(&cfg).expect("launcher")
 }
 
-fn context(o: &Outcome) -> String {
-    format!(
-        "\n--- console tail ---\n{}\n--- qemu stderr ---\n{}",
-        o.console_tail(60),
-        o.qemu_stderr
-    )
-}
-
 fn assert_module_lines(o: &Outcome, ctx: &str) {
     for m in MODULES {
         assert!(
@@ -125,20 +120,12 @@ fn imageless_boot_hands_the_probe_a_clean_system() {
         o.kernel_to_probe()
     );
 
-    assert!(!o.timed_out, "timed out{ctx}");
-    assert!(!o.panicked, "kernel panic{ctx}");
-    assert!(o.qemu_clean_exit(), "QEMU exit {}{ctx}", o.qemu_exit);
-    assert!(o.powered_off, "the guest did not power off{ctx}");
-    assert!(o.warnings.is_empty(), "{:?}{ctx}", o.warnings);
-
+    // Clean power-off, no warnings, status=ok at exec, the probe as PID 1 with no errors.
+    let p = assert_booted(&o);
     let s = o.status.as_ref().expect("no nixboot-status line");
-    assert_eq!(s.status(), Status::Ok, "{s}{ctx}");
-    assert_eq!(s.step(), Some("exec"), "{s}");
     assert_eq!(s.get("init"), Some(f.init.as_str()), "{s}");
     assert_module_lines(&o, &ctx);
 
-    let p = o.probe.as_ref().expect("no probe result");
-    assert_eq!(p["pid"], 1, "{p}");
     assert_eq!(
         p["argv"],
         serde_json::json!([f.init, "alpha", "beta"]),
