@@ -13,7 +13,7 @@ shell=0
 
 eval "$(bash .ci/setup)"
 cargo build --quiet --release --target x86_64-unknown-linux-musl -p init -p probe-init
-cargo build --quiet --release -p mkinitrd -p qemu-tests
+cargo build --quiet --release -p mkinitrd -p nixboot-launcher
 
 work=${NIXBOOT_DEMO_DIR:-$HOME/.cache/nixboot/demo}
 store=$work/store

@@ -7,7 +7,7 @@ use crate::failure::{self, fail, Failure};
 use crate::plan::{self, Plan, Step};
 use crate::report::{self, log, Timings};
 use crate::{devices, modules, mounts, store, switch_root, wait};
-use initrd_config::{InitrdConfig, CONFIG_PATH};
+use nixboot_protocol::{InitrdConfig, CONFIG_PATH};
 use std::time::Duration;
 
 fn ms(d: Duration) -> String {

@@ -41,7 +41,7 @@
 //!   system sees, so they cover every phase up to the exec.
 
 use crate::cmdline::{BlockSpec, Options, Root, DEFAULT_MODULES_TAG, DEFAULT_STORE_TAG};
-use initrd_config::InitrdConfig;
+use nixboot_protocol::InitrdConfig;
 use std::time::Duration;
 
 /// Where the new root is assembled before the switch.
@@ -680,7 +680,7 @@ pub fn prepare_root_path(init_resolved: &str) -> String {
 mod tests {
     use super::*;
     use crate::cmdline::parse;
-    use initrd_config::ModuleSpec;
+    use nixboot_protocol::ModuleSpec;
 
     const SEED: &str =
         "root=tmpfs console=ttyS0,115200 console=hvc0 init=/nix/store/abc-nixos-system-x/init";

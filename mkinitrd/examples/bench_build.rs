@@ -262,7 +262,7 @@ fn peer_script(dir: &Path, a: &Args, report: &mkinitrd::BuildReport, system: &Pa
     let config_file = dir.join("initrd.json");
     fs::write(&config_file, &config.data).unwrap();
     let kver = report.kernel_version.clone().unwrap_or_default();
-    let cfg = initrd_config::InitrdConfig::parse(&config.data).unwrap();
+    let cfg = nixboot_protocol::InitrdConfig::parse(&config.data).unwrap();
     let _ = system;
     let mut s = String::from("set -e\nout=$1\nS=$(mktemp -d)\ntrap 'rm -rf \"$S\"' EXIT\n");
     s.push_str("mkdir -p \"$S\"/dev \"$S\"/proc \"$S\"/sys \"$S\"/run \"$S\"/sysroot \"$S\"/etc/nixboot \"$S\"/lib/modules\n");

@@ -1,4 +1,4 @@
-//! mkinitrd: packs the static init, its configuration ([`initrd_config::InitrdConfig`]) and
+//! mkinitrd: packs the static init, its configuration ([`nixboot_protocol::InitrdConfig`]) and
 //! the kernel modules it must load into a reproducible newc initramfs.
 //!
 //! The layout is fixed by `docs/contracts-internal.md`; everything that can be decided at
@@ -24,7 +24,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use initrd_config::{InitrdConfig, ModuleSpec, CONFIG_PATH};
+use nixboot_protocol::{InitrdConfig, ModuleSpec, CONFIG_PATH};
 
 pub use closure::{BootspecV1, Closure, ClosureError};
 pub use compress::Compression;

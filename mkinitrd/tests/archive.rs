@@ -9,9 +9,9 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
-use initrd_config::InitrdConfig;
 use mkinitrd::cpio::{self, Entry};
 use mkinitrd::{BuildOptions, Compression};
+use nixboot_protocol::InitrdConfig;
 
 const KVER: &str = "6.1.0-99-test";
 

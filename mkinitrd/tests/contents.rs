@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use initrd_config::InitrdConfig;
 use mkinitrd::cpio::{self, Entry};
+use nixboot_protocol::InitrdConfig;
 
 fn entries(path: &Path) -> BTreeMap<String, Entry> {
     cpio::read_archive(&fs::read(path).unwrap())

@@ -7,8 +7,8 @@ use std::fs;
 use std::path::PathBuf;
 
 use common::*;
-use initrd_config::InitrdConfig;
 use mkinitrd::{cpio, BuildOptions, Compression};
+use nixboot_protocol::InitrdConfig;
 
 /// The musl init when `cargo static` has run, else the static busybox, else a tiny ELF.
 fn init_binary(tmp: &std::path::Path) -> PathBuf {

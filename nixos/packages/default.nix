@@ -4,7 +4,7 @@
 #
 #   init          the PID 1 of the initramfs: static, linked against musl (pkgsStatic)
 #   mkinitrd      the packer; its default `--init` is `${init}/bin/init`
-#   nixboot-qemu  the QEMU + virtiofsd launcher (crate qemu-tests)
+#   nixboot-qemu  the QEMU + virtiofsd launcher (crate nixboot-launcher)
 #
 # The workspace and its locked dependencies need Rust >= 1.85 (edition 2024 crates): nixpkgs
 # 25.05 or newer. The flake builds these with its own nixpkgs and hands them to the modules,
@@ -55,7 +55,7 @@ let
 
   nixboot-qemu = workspaceCrate pkgs.rustPlatform {
     pname = "nixboot-qemu";
-    package = "qemu-tests";
+    package = "nixboot-launcher";
     cargoBuildFlags = [ "--bin" "nixboot-qemu" ];
     nativeBuildInputs = [ pkgs.makeWrapper ];
     # QEMU and virtiofsd are found on PATH / through NIXBOOT_VIRTIOFSD; the caller's own

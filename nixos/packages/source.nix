@@ -5,7 +5,7 @@ let
   root = ../..;
   # Top-level entries cargo needs: the workspace manifest, its lock file, the cargo config
   # and every workspace member (see Cargo.toml `members`).
-  keep = [ "Cargo.toml" "Cargo.lock" ".cargo" "init" "mkinitrd" "qemu-tests" "tests" ];
+  keep = [ "Cargo.toml" "Cargo.lock" ".cargo" "protocol" "init" "mkinitrd" "launcher" "bench" "qemu-tests" "tests" ];
 in
 lib.cleanSourceWith {
   name = "nixboot-source";

@@ -111,8 +111,12 @@ pub struct Env {
 impl Env {
     /// A VM of this environment's kernel, QEMU and virtiofsd booting `initrd` with
     /// `cmdline`; shares, timeout and the rest are the caller's.
-    pub fn vm(&self, initrd: &Path, cmdline: String) -> crate::qemu::VmConfig {
-        let mut cfg = crate::qemu::VmConfig::new(&self.kernel, Some(initrd.to_path_buf()), cmdline);
+    pub fn vm(&self, initrd: &Path, cmdline: String) -> nixboot_launcher::qemu::VmConfig {
+        let mut cfg = nixboot_launcher::qemu::VmConfig::new(
+            &self.kernel,
+            Some(initrd.to_path_buf()),
+            cmdline,
+        );
         cfg.qemu = self.qemu.clone();
         cfg.virtiofsd = self.virtiofsd.clone();
         cfg

@@ -56,7 +56,7 @@ fn embedded_store_boots_without_any_share() {
         .iter()
         .find(|e| e.name == "etc/nixboot/initrd.json")
         .unwrap();
-    let config = initrd_config::InitrdConfig::parse(&config.data).unwrap();
+    let config = nixboot_protocol::InitrdConfig::parse(&config.data).unwrap();
     assert_eq!(config.embedded_store.as_deref(), Some("/nix/store"));
     assert!(
         entries.iter().any(|e| e.path() == f.init),

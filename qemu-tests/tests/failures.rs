@@ -8,7 +8,7 @@ mod common;
 use common::disk;
 use common::{assert_failed, kit, step_lines, Action, Boot, Kit, ProbeStore};
 use common::{BLOCK_MODULES, VIRTIOFS_MODULES};
-use initrd_config::InitrdConfig;
+use nixboot_protocol::InitrdConfig;
 use std::path::PathBuf;
 
 /// An imageless boot of `init` with the store and modules shared, plus `params`.
@@ -18,7 +18,7 @@ fn imageless(
     initrd: &[u8],
     init: &str,
     params: &[&str],
-) -> qemu_tests::Outcome {
+) -> nixboot_launcher::Outcome {
     let initrd = kit.write_initrd("initrd", initrd);
     let mut all = vec![format!("init={init}")];
     all.extend(params.iter().map(|s| s.to_string()));
@@ -186,15 +186,15 @@ fn module_failing_to_load() {
 }
 
 #[test]
-fn corrupt_initrd_configuration() {
-    let Some(kit) = kit("corrupt_initrd_configuration") else {
+fn corrupt_nixboot_protocoluration() {
+    let Some(kit) = kit("corrupt_nixboot_protocoluration") else {
         return;
     };
     let probe = kit.probe_store("store");
     let base = kit.initrd(None, VIRTIOFS_MODULES);
     let bytes = base.append(|a| {
         a.file(
-            initrd_config::CONFIG_PATH,
+            nixboot_protocol::CONFIG_PATH,
             0o644,
             br#"{"version": 1, "modules": [{"name": "fuse""#.to_vec(),
         )
@@ -210,7 +210,7 @@ fn corrupt_initrd_configuration() {
 }
 
 /// A block-root boot of a probe store's init with `params`, and maybe a disk.
-fn block(kit: &Kit, disk: Option<PathBuf>, params: &[&str]) -> qemu_tests::Outcome {
+fn block(kit: &Kit, disk: Option<PathBuf>, params: &[&str]) -> nixboot_launcher::Outcome {
     let initrd = kit.initrd(None, BLOCK_MODULES);
     let initrd = kit.write_initrd("initrd", &initrd.bytes);
     let mut b = Boot::params(params);
@@ -340,7 +340,7 @@ fn embedded_store_larger_than_the_tmpfs_root() {
     };
     let bytes = base.append(|a| {
         common::add_tree(a, &probe.store, "nix/store");
-        a.file(initrd_config::CONFIG_PATH, 0o644, config.to_bytes())
+        a.file(nixboot_protocol::CONFIG_PATH, 0o644, config.to_bytes())
             .unwrap();
     });
     let initrd = kit.write_initrd("initrd", &bytes);

@@ -56,7 +56,7 @@ mkdir -p /run/nixboot-test
     )
 }
 
-fn boot(kit: &Kit, store: &Store, init: &str) -> qemu_tests::Outcome {
+fn boot(kit: &Kit, store: &Store, init: &str) -> nixboot_launcher::Outcome {
     let initrd = kit.initrd(None, VIRTIOFS_MODULES);
     let initrd = kit.write_initrd("initrd", &initrd.bytes);
     common::boot(

@@ -4,11 +4,11 @@
 mod common;
 
 use common::{assert_booted, context};
+use nixboot_launcher::bootspec::{self, KernelCmdline};
+use nixboot_launcher::console::{self, Status};
+use nixboot_launcher::qemu::{self, Outcome};
+use nixboot_launcher::Share;
 use qemu_tests::artifacts::{self, fake_store_name, Env};
-use qemu_tests::bootspec::{self, KernelCmdline};
-use qemu_tests::console::{self, Status};
-use qemu_tests::qemu::{self, Outcome};
-use qemu_tests::Share;
 use std::path::PathBuf;
 use std::time::Duration;
 

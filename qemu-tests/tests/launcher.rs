@@ -4,11 +4,11 @@
 //!
 //! If this passes and the imageless tests fail, the fault is in init or mkinitrd.
 
+use nixboot_launcher::bootspec::{self, KernelCmdline};
+use nixboot_launcher::console::{self, Status};
+use nixboot_launcher::qemu;
+use nixboot_launcher::Share;
 use qemu_tests::artifacts::{self, fake_store_name};
-use qemu_tests::bootspec::{self, KernelCmdline};
-use qemu_tests::console::{self, Status};
-use qemu_tests::qemu;
-use qemu_tests::Share;
 use std::path::Path;
 use std::time::Duration;
 

@@ -8,7 +8,7 @@ mod common;
 use common::disk::{self, Part};
 use common::{assert_booted, kit, step_lines, timed_steps, Boot, Kit, ProbeStore};
 use common::{BLOCK_MODULES, VIRTIOFS_MODULES};
-use initrd_config::InitrdConfig;
+use nixboot_protocol::InitrdConfig;
 use std::path::PathBuf;
 
 const ROOT_LABEL: &str = "nixroot";
@@ -68,7 +68,7 @@ impl DiskRoot {
         ))
     }
 
-    fn boot(&self, image: PathBuf, readonly: bool, params: &[&str]) -> qemu_tests::Outcome {
+    fn boot(&self, image: PathBuf, readonly: bool, params: &[&str]) -> nixboot_launcher::Outcome {
         let mut all = vec![format!("init={}", self.probe.init)];
         all.extend(params.iter().map(|s| s.to_string()));
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
@@ -84,7 +84,7 @@ impl DiskRoot {
 
 /// What every block root shares: ext4 on `/`, the store is the disk's (no share), the
 /// special mounts moved in, the initramfs freed, the wait and the mount timed.
-fn assert_block_root(o: &qemu_tests::Outcome, node: &str) -> serde_json::Value {
+fn assert_block_root(o: &nixboot_launcher::Outcome, node: &str) -> serde_json::Value {
     let p = assert_booted(o).clone();
     assert_eq!(p["root_fstype"], "ext4", "{p}");
     assert_eq!(p["store_fstype"], serde_json::Value::Null, "{p}");
@@ -317,7 +317,7 @@ fn embedded_store_moves_into_the_tmpfs_root() {
     };
     let bytes = base.append(|a| {
         common::add_tree(a, &probe.store, "nix/store");
-        a.file(initrd_config::CONFIG_PATH, 0o644, config.to_bytes())
+        a.file(nixboot_protocol::CONFIG_PATH, 0o644, config.to_bytes())
             .unwrap();
     });
     let initrd = kit.write_initrd("initrd", &bytes);
@@ -379,7 +379,7 @@ fn kexec_carry_files_reach_the_booted_systems_run() {
     };
     let mut bytes = base.append(|a| {
         common::add_tree(a, &probe.store, "nix/store");
-        a.file(initrd_config::CONFIG_PATH, 0o644, config.to_bytes())
+        a.file(nixboot_protocol::CONFIG_PATH, 0o644, config.to_bytes())
             .unwrap();
     });
     // What kexec-run.sh appends at kexec time: GNU cpio of etc/nixboot/carry, after 4 to 7

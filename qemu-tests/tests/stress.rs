@@ -8,7 +8,7 @@
 mod common;
 
 use common::{kit, Boot, VIRTIOFS_MODULES};
-use qemu_tests::console::Status;
+use nixboot_launcher::console::Status;
 use std::time::Duration;
 
 // Minutes of boots: not in every run, reported as ignored there instead of passing empty.

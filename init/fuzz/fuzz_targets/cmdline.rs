@@ -4,7 +4,7 @@
 
 use init::cmdline;
 use init::plan::{self, Step};
-use initrd_config::InitrdConfig;
+use nixboot_protocol::InitrdConfig;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! canonical serialisation and can be planned with.
 #![no_main]
 
-use initrd_config::InitrdConfig;
+use nixboot_protocol::InitrdConfig;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

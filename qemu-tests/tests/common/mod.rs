@@ -7,12 +7,12 @@
 
 pub mod disk;
 
-use initrd_config::InitrdConfig;
 use mkinitrd::cpio::ArchiveBuilder;
+use nixboot_launcher::console::{self, ConsoleFacts, Status};
+use nixboot_launcher::qemu::{self, Outcome};
+use nixboot_launcher::Share;
+use nixboot_protocol::InitrdConfig;
 use qemu_tests::artifacts::{self, fake_store_name, Env, StaticBinaries};
-use qemu_tests::console::{self, ConsoleFacts, Status};
-use qemu_tests::qemu::{self, Outcome};
-use qemu_tests::Share;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -138,7 +138,7 @@ impl Initrd {
     /// Appends a replacement configuration.
     pub fn with_config(&self, config: &InitrdConfig) -> Vec<u8> {
         self.append(|a| {
-            a.file(initrd_config::CONFIG_PATH, 0o644, config.to_bytes())
+            a.file(nixboot_protocol::CONFIG_PATH, 0o644, config.to_bytes())
                 .unwrap()
         })
     }
@@ -200,7 +200,7 @@ impl Boot {
 
     /// The kernel modules of the host's test kernel, as tag `modules`.
     pub fn modules_share(self, env: &Env) -> Boot {
-        let dir = qemu_tests::bootspec::modules_share_dir(&env.modules).unwrap();
+        let dir = nixboot_launcher::bootspec::modules_share_dir(&env.modules).unwrap();
         self.share("modules", &dir, true)
     }
 
@@ -237,7 +237,7 @@ pub fn disk_format(image: &Path) -> &'static str {
 
 /// Boots `initrd` once.
 pub fn boot(kit: &Kit, initrd: &Path, b: Boot) -> Outcome {
-    let mut cmdline: Vec<String> = qemu_tests::bootspec::BASE_PARAMS
+    let mut cmdline: Vec<String> = nixboot_launcher::bootspec::BASE_PARAMS
         .iter()
         .map(|p| p.to_string())
         .collect();

@@ -3,11 +3,11 @@
 //! mkinitrd library, boots with at most two QEMUs at a time.
 #![allow(dead_code)] // each test crate uses a different subset
 
+use nixboot_launcher::bootspec::{self, KernelCmdline};
+use nixboot_launcher::console::{self, Status};
+use nixboot_launcher::qemu::{self, Outcome};
+use nixboot_launcher::Share;
 use qemu_tests::artifacts::{self, fake_store_name, Env, StaticBinaries};
-use qemu_tests::bootspec::{self, KernelCmdline};
-use qemu_tests::console::{self, Status};
-use qemu_tests::qemu::{self, Outcome};
-use qemu_tests::Share;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;

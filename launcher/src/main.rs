@@ -6,10 +6,10 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use qemu_tests::bootspec::{self, BootSpec, KernelCmdline};
-use qemu_tests::console::Status;
-use qemu_tests::qemu::{self, Outcome, VmConfig};
-use qemu_tests::{Accel, Share};
+use nixboot_launcher::bootspec::{self, BootSpec, KernelCmdline};
+use nixboot_launcher::console::Status;
+use nixboot_launcher::qemu::{self, Outcome, VmConfig};
+use nixboot_launcher::{Accel, Share};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -249,8 +249,8 @@ fn verdict(o: &Outcome) -> (u8, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qemu_tests::console::ConsoleFacts;
-    use qemu_tests::AccelChoice;
+    use nixboot_launcher::console::ConsoleFacts;
+    use nixboot_launcher::AccelChoice;
     use std::os::unix::process::ExitStatusExt;
 
     fn outcome(console: &str, exit: i32, timed_out: bool) -> Outcome {

@@ -10,7 +10,7 @@
 //! What every boot shares (the method of shared/docs/peers.md): Debian's cloud kernel, QEMU
 //! with 1 GiB of RAM in a memfd backend and one vCPU, one virtiofsd (`--cache=never`,
 //! read-only) sharing a tiny root whose `/sbin/init` is a busybox script
-//! (qemu-tests/bench/stage2.sh) that reads /proc/uptime first, then the kernel log's
+//! (bench/assets/stage2.sh) that reads /proc/uptime first, then the kernel log's
 //! timestamp of "Run /init", prints both and powers off. Every initrd mounts that share as
 //! its root and switches to it; the kernel command line is the same for all but the root=
 //! syntax.
@@ -23,17 +23,11 @@
 //! Outputs: `<out>/benchmark.md` (tables), `<out>/benchmark.png` (chart),
 //! `<out>/benchmark.json` (every boot); the consoles of all boots in the run directory.
 
-#[path = "nixboot-bench/boot.rs"]
 mod boot;
-#[path = "nixboot-bench/chart.rs"]
 mod chart;
-#[path = "nixboot-bench/peers.rs"]
 mod peers;
-#[path = "nixboot-bench/report.rs"]
 mod report;
-#[path = "nixboot-bench/scale.rs"]
 mod scale;
-#[path = "nixboot-bench/stats.rs"]
 mod stats;
 
 use anyhow::{bail, Context, Result};
@@ -148,7 +142,7 @@ pub struct Ctx {
     pub cli: Cli,
     pub env: artifacts::Env,
     pub kver: String,
-    pub accel: qemu_tests::Accel,
+    pub accel: nixboot_launcher::Accel,
     pub accel_reason: String,
     /// `<cache>`: images, module trees, runs.
     pub cache: PathBuf,
@@ -192,7 +186,7 @@ fn run(cli: &Cli) -> Result<()> {
         .and_then(|n| n.to_str())
         .context("NIXBOOT_MODULES has no version directory name")?
         .to_string();
-    let choice = qemu_tests::accel::choose(&env.qemu, &env.kernel);
+    let choice = nixboot_launcher::accel::choose(&env.qemu, &env.kernel);
     say!("accelerator {} ({})", choice.accel, choice.reason);
 
     let cache = match &cli.cache {

@@ -3,8 +3,8 @@
 use crate::peers::{Built, Kind, STAGE2_SH, STAMP_C};
 use crate::{say, Ctx};
 use anyhow::{Context, Result};
-use qemu_tests::qemu;
-use qemu_tests::Share;
+use nixboot_launcher::qemu;
+use nixboot_launcher::Share;
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -18,7 +18,7 @@ pub const CPUS: u32 = 1;
 pub fn base_cmdline() -> String {
     format!(
         "{} quiet init=/sbin/init",
-        qemu_tests::bootspec::BASE_PARAMS.join(" ")
+        nixboot_launcher::bootspec::BASE_PARAMS.join(" ")
     )
 }
 

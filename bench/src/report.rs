@@ -311,9 +311,9 @@ impl Report {
             "| share | one {} per boot, `--cache=never --readonly`, tag `store`: a tiny root (static busybox; `/sbin/init` {}, then reports the kernel's \"Run /init\" timestamp and powers off) |",
             s.virtiofsd,
             if s.stamped {
-                "= qemu-tests/bench/stamp.c, 9 kB without libc, which stamps the kernel log first thing and execs qemu-tests/bench/stage2.sh"
+                "= bench/assets/stamp.c, 9 kB without libc, which stamps the kernel log first thing and execs bench/assets/stage2.sh"
             } else {
-                "= qemu-tests/bench/stage2.sh, which stamps the kernel log first thing"
+                "= bench/assets/stage2.sh, which stamps the kernel log first thing"
             }
         );
         let _ = writeln!(

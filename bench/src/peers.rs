@@ -84,13 +84,13 @@ pub struct Built {
     pub compression: String,
 }
 
-/// The support files in qemu-tests/bench, compiled in so the binary works from anywhere.
-pub const STAGE2_SH: &str = include_str!("../../../bench/stage2.sh");
-pub const STAMP_C: &str = include_str!("../../../bench/stamp.c");
-const BUSYBOX_INIT_SH: &str = include_str!("../../../bench/busybox-init.sh");
-const BUSYBOX_INITRD_SH: &str = include_str!("../../../bench/busybox-initrd.sh");
-const ITOOLS_CONF: &str = include_str!("../../../bench/initramfs-tools/initramfs.conf");
-const ITOOLS_MODULES: &str = include_str!("../../../bench/initramfs-tools/modules");
+/// The support files in bench/assets, compiled in so the binary works from anywhere.
+pub const STAGE2_SH: &str = include_str!("../assets/stage2.sh");
+pub const STAMP_C: &str = include_str!("../assets/stamp.c");
+const BUSYBOX_INIT_SH: &str = include_str!("../assets/busybox-init.sh");
+const BUSYBOX_INITRD_SH: &str = include_str!("../assets/busybox-initrd.sh");
+const ITOOLS_CONF: &str = include_str!("../assets/initramfs-tools/initramfs.conf");
+const ITOOLS_MODULES: &str = include_str!("../assets/initramfs-tools/modules");
 /// dracut's options (the command line of shared/docs/peers.md).
 const DRACUT_ARGS: &[&str] = &["--no-hostonly", "--add-drivers", "virtiofs virtio_pci"];
 
@@ -159,8 +159,8 @@ pub fn build_busybox(ctx: &Ctx) -> Result<Built> {
         .arg(&ctx.env.modules)
         .arg(&init)
         .arg(&out);
-    let command = "sh qemu-tests/bench/busybox-initrd.sh BUSYBOX MODULES_DIR \
-                   qemu-tests/bench/busybox-init.sh OUT"
+    let command = "sh bench/assets/busybox-initrd.sh BUSYBOX MODULES_DIR \
+                   bench/assets/busybox-init.sh OUT"
         .to_string();
     say!("building the busybox initrd");
     let took = timed_command(&mut cmd, &ctx.run_dir.join("build-busybox.log"))?;
@@ -338,7 +338,7 @@ fn build_distro_peer(ctx: &Ctx, kind: Kind, apt: &mut AptState) -> Result<Built>
                 .arg(&tmp_image)
                 .arg(&ctx.kver);
             let command = format!(
-                "mkinitramfs -d qemu-tests/bench/initramfs-tools -o OUT {}",
+                "mkinitramfs -d bench/assets/initramfs-tools -o OUT {}",
                 ctx.kver
             );
             say!("{kind}: building: {command}");

@@ -9,10 +9,10 @@ use crate::boot::{CPUS, MEMORY_MB};
 use crate::peers::Built;
 use crate::{say, Ctx};
 use anyhow::{Context, Result};
-use qemu_tests::console::PROBE_MARKER;
-use qemu_tests::qemu::{self, VmConfig};
-use qemu_tests::virtiofsd::Virtiofsd;
-use qemu_tests::Share;
+use nixboot_launcher::console::PROBE_MARKER;
+use nixboot_launcher::qemu::{self, VmConfig};
+use nixboot_launcher::virtiofsd::Virtiofsd;
+use nixboot_launcher::Share;
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -113,7 +113,7 @@ enum Event {
 fn group(ctx: &Ctx, ours: &Built, k: usize, rep: usize, dir: &Path) -> Result<Group> {
     let cmdline = format!(
         "{} quiet root=tmpfs init={} bench.hold{}",
-        qemu_tests::bootspec::BASE_PARAMS.join(" "),
+        nixboot_launcher::bootspec::BASE_PARAMS.join(" "),
         ctx.shares.system_init,
         ctx.cli
             .append
@@ -121,7 +121,7 @@ fn group(ctx: &Ctx, ours: &Built, k: usize, rep: usize, dir: &Path) -> Result<Gr
             .map(|a| format!(" {}", a.trim()))
             .unwrap_or_default()
     );
-    let modules_dir = qemu_tests::bootspec::modules_share_dir(&ctx.env.modules)?;
+    let modules_dir = nixboot_launcher::bootspec::modules_share_dir(&ctx.env.modules)?;
     let (tx, rx) = mpsc::channel::<Event>();
     let start = Instant::now();
     let mut guests: Vec<Running> = Vec::new();
