@@ -5,6 +5,8 @@ use crate::{say, Ctx};
 use anyhow::{Context, Result};
 use nixboot_launcher::qemu;
 use nixboot_launcher::Share;
+use nixboot_protocol::probe::BenchReport;
+use nixboot_protocol::timings::Timings;
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -163,7 +165,7 @@ pub struct BootRecord {
     /// Host: QEMU's whole run.
     pub qemu_secs: f64,
     /// nixboot's /run/nixboot/timings.json, as stage 2 found it.
-    pub timings: Option<serde_json::Value>,
+    pub timings: Option<Timings>,
     pub console_log: PathBuf,
 }
 
@@ -261,17 +263,24 @@ fn boot_once(
     }
     std::fs::write(&console_log, text)?;
 
-    let num = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_f64);
-    let probe = o.probe.as_ref();
-    let run_init = probe.and_then(|p| num(p, "run_init"));
-    let stage2 = probe.and_then(|p| num(p, "stage2"));
+    let probe = match o.probe.as_ref().map(BenchReport::from_value) {
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => {
+            say!("{}: stage 2's report does not parse: {e}", b.kind);
+            None
+        }
+        None => None,
+    };
+    let probe = probe.as_ref();
+    let run_init = probe.and_then(|p| p.run_init);
+    let stage2 = probe.and_then(|p| p.stage2);
     let initrd_phase = match (run_init, stage2) {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
     let clock_offset = match (
-        probe.and_then(|p| num(p, "tick_klog")),
-        probe.and_then(|p| num(p, "tick_uptime")),
+        probe.and_then(|p| p.tick_klog),
+        probe.and_then(|p| p.tick_uptime),
     ) {
         (Some(k), Some(u)) => Some(k - u),
         _ => None,
@@ -296,14 +305,11 @@ fn boot_once(
         run_init,
         stage2,
         initrd_phase,
-        stage2_uptime: probe.and_then(|p| num(p, "uptime")),
+        stage2_uptime: probe.and_then(|p| p.uptime),
         clock_offset,
         host_to_stage2: o.probe_at.map(|d| d.as_secs_f64()),
         qemu_secs: o.elapsed.as_secs_f64(),
-        timings: probe
-            .and_then(|p| p.get("timings"))
-            .filter(|t| !t.is_null())
-            .cloned(),
+        timings: probe.and_then(|p| p.timings.clone()),
         console_log,
     })
 }

@@ -7,6 +7,7 @@ use crate::scale::Group;
 use crate::stats::{summarize, Summary};
 use crate::Ctx;
 use anyhow::{bail, Context, Result};
+use nixboot_protocol::console::{LogLine, LOG_MARKER, STATUS_MARKER};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -776,33 +777,6 @@ fn targets(rows: &[Row]) -> Vec<Target> {
     t
 }
 
-/// One of the init's console lines: `nixboot: [  1.234567] step: message (N ms)`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InitLine {
-    pub at: f64,
-    pub step: String,
-    pub message: String,
-    pub ms: Option<f64>,
-}
-
-pub fn parse_init_line(line: &str) -> Option<InitLine> {
-    let rest = &line[line.find("nixboot: [")? + "nixboot: [".len()..];
-    let (ts, rest) = rest.split_once(']')?;
-    let at: f64 = ts.trim().parse().ok()?;
-    let (step, message) = rest.trim_start().split_once(": ")?;
-    let message = message.trim_end_matches('\r').to_string();
-    let ms = message
-        .strip_suffix(" ms)")
-        .and_then(|m| m.rsplit_once('('))
-        .and_then(|(_, n)| n.trim().parse::<f64>().ok());
-    Some(InitLine {
-        at,
-        step: step.to_string(),
-        message,
-        ms,
-    })
-}
-
 /// The parts of nixboot's initrd phase, from each boot's console and timings.json.
 fn nixboot_parts(boots: &[BootRecord]) -> (Vec<Part>, Option<f64>) {
     let mut order: Vec<String> = Vec::new();
@@ -818,11 +792,11 @@ fn nixboot_parts(boots: &[BootRecord]) -> (Vec<Part>, Option<f64>) {
         let Ok(console) = std::fs::read_to_string(&b.console_log) else {
             continue;
         };
-        let lines: Vec<InitLine> = console.lines().filter_map(parse_init_line).collect();
+        let lines: Vec<LogLine> = console.lines().filter_map(LogLine::parse).collect();
         bytes.push(
             console
                 .lines()
-                .filter(|l| l.contains("nixboot: [") || l.contains("nixboot-status:"))
+                .filter(|l| l.contains(LOG_MARKER) || l.contains(STATUS_MARKER))
                 .map(|l| l.len() + 1)
                 .sum::<usize>() as f64,
         );
@@ -834,8 +808,7 @@ fn nixboot_parts(boots: &[BootRecord]) -> (Vec<Part>, Option<f64>) {
         let init_start = b
             .timings
             .as_ref()
-            .and_then(|t| t.get("init_start_ms")?.as_f64())
-            .map(|ms| ms / 1000.0 + offset);
+            .map(|t| t.init_start_ms / 1000.0 + offset);
         let exec_at = lines
             .iter()
             .find(|l| l.step == "exec")
@@ -852,14 +825,12 @@ fn nixboot_parts(boots: &[BootRecord]) -> (Vec<Part>, Option<f64>) {
         // that it lacks (those after write-timings).
         let mut steps: Vec<(String, f64)> = b
             .timings
-            .as_ref()
-            .and_then(|t| t.get("phases")?.as_array().cloned())
-            .unwrap_or_default()
             .iter()
-            .filter_map(|x| Some((x.get("step")?.as_str()?.to_string(), x.get("ms")?.as_f64()?)))
+            .flat_map(|t| &t.phases)
+            .map(|p| (p.step.clone(), p.ms))
             .collect();
         for l in &lines {
-            let Some(ms) = l.ms else { continue };
+            let Some(ms) = l.ms() else { continue };
             let what = if l.step == "load-module" {
                 let name = l.message.split_whitespace().next().unwrap_or("?");
                 format!("load-module {name}")
@@ -1089,20 +1060,6 @@ mod tests {
         // 2024-02-29 12:34:56 UTC
         let t = UNIX_EPOCH + Duration::from_secs(1_709_210_096);
         assert_eq!(civil(t), (2024, 2, 29, 12, 34, 56));
-    }
-
-    #[test]
-    fn init_lines_parse() {
-        let l =
-            parse_init_line("nixboot: [  1.234567] load-module: virtio_pci loaded (312.4 ms)\r")
-                .unwrap();
-        assert_eq!(l.at, 1.234567);
-        assert_eq!(l.step, "load-module");
-        assert_eq!(l.message, "virtio_pci loaded (312.4 ms)");
-        assert_eq!(l.ms, Some(312.4));
-        let l = parse_init_line("nixboot: [  2.000000] exec: /sbin/init args []").unwrap();
-        assert_eq!(l.ms, None);
-        assert!(parse_init_line("[ 1.0] Run /init as init process").is_none());
     }
 
     #[test]

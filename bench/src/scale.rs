@@ -9,10 +9,10 @@ use crate::boot::{CPUS, MEMORY_MB};
 use crate::peers::Built;
 use crate::{say, Ctx};
 use anyhow::{Context, Result};
-use nixboot_launcher::console::PROBE_MARKER;
 use nixboot_launcher::qemu::{self, VmConfig};
 use nixboot_launcher::virtiofsd::Virtiofsd;
 use nixboot_launcher::Share;
+use nixboot_protocol::probe::{self, BenchReport, PROBE_MARKER};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -193,17 +193,16 @@ fn group(ctx: &Ctx, ours: &Built, k: usize, rep: usize, dir: &Path) -> Result<Gr
                     .iter()
                     .filter_map(|p| smaps_rollup(*p))
                     .fold(Mem::default(), |a, b| a + b);
-                let json = line
-                    .find(PROBE_MARKER)
-                    .map(|p| line[p + PROBE_MARKER.len()..].trim().to_string())
-                    .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok());
-                let num = |key: &str| json.as_ref().and_then(|v| v.get(key)?.as_f64());
+                let report = probe::read_line(&line)
+                    .and_then(Result::ok)
+                    .and_then(|v| BenchReport::from_value(&v).ok())
+                    .unwrap_or_default();
                 results[guest] = Some(Guest {
                     ok: true,
                     error: None,
                     host_to_stage2: Some(at.duration_since(start).as_secs_f64()),
-                    stage2: num("stage2"),
-                    run_init: num("run_init"),
+                    stage2: report.stage2,
+                    run_init: report.run_init,
                     qemu: qemu_mem,
                     virtiofsd: vfs_mem,
                 });

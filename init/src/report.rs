@@ -1,10 +1,12 @@
 //! Console output: human log lines, the one machine status line, phase timings.
 //!
-//! The formatting functions are pure (unit-tested); the writers go straight to fd 1 with
-//! write(2), unbuffered, so nothing is lost when we exec or power off right after.
+//! The formats are nixboot-protocol's (`console`, `timings`); this module only writes them:
+//! straight to fd 1 with write(2), unbuffered, so nothing is lost when we exec or power off
+//! right after.
 
+use nixboot_protocol::console::{self, StatusLine};
+use nixboot_protocol::timings;
 use rustix::fd::AsRawFd;
-use std::fmt::Write as _;
 use std::time::Duration;
 
 /// Seconds since boot (CLOCK_BOOTTIME), the clock the kernel's own log lines use.
@@ -13,15 +15,6 @@ pub fn now() -> Duration {
     Duration::new(
         t.tv_sec.max(0) as u64,
         t.tv_nsec.clamp(0, 999_999_999) as u32,
-    )
-}
-
-/// `nixboot: [  1.234567] <step>: <message>` (docs/contracts-internal.md).
-pub fn format_line(at: Duration, step: &str, message: &str) -> String {
-    format!(
-        "nixboot: [{:3}.{:06}] {step}: {message}\n",
-        at.as_secs(),
-        at.subsec_micros()
     )
 }
 
@@ -55,7 +48,7 @@ pub fn log(step: &str, message: &str) {
 
 /// Logs a line that `quiet` does not hide: warnings and failures.
 pub fn notice(step: &str, message: &str) {
-    write_console(format_line(now(), step, message).as_bytes());
+    write_console(console::log_line(now(), step, message).as_bytes());
 }
 
 /// Makes sure fds 0, 1 and 2 are open. The kernel opens /dev/console for /init when the
@@ -92,57 +85,14 @@ pub fn ensure_console() -> rustix::io::Result<bool> {
     Ok(true)
 }
 
-/// Quotes a status-line value: a value containing a space, `"` or `\` (or empty) is wrapped
-/// in double quotes with `\"` and `\\` escapes. Control characters (a newline would split
-/// the line a host parses) become spaces first.
-pub fn quote_value(value: &str) -> String {
-    let clean: String = value
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if !clean.is_empty() && !clean.contains([' ', '"', '\\']) {
-        return clean;
-    }
-    let mut out = String::with_capacity(clean.len() + 2);
-    out.push('"');
-    for c in clean.chars() {
-        if c == '"' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('"');
-    out
-}
-
-/// `nixboot-status: k=v k=v ...` with every value quoted as needed.
-pub fn status_line(pairs: &[(&str, &str)]) -> String {
-    let mut line = String::from("nixboot-status:");
-    for (k, v) in pairs {
-        let _ = write!(line, " {k}={}", quote_value(v));
-    }
-    line.push('\n');
-    line
-}
-
 /// The success line, printed right before exec.
 pub fn status_ok(init: &str, initrd_ms: u64) -> String {
-    status_line(&[
-        ("status", "ok"),
-        ("step", "exec"),
-        ("init", init),
-        ("initrd_ms", &initrd_ms.to_string()),
-    ])
+    format!("{}\n", StatusLine::ok(init, initrd_ms))
 }
 
 /// The failure line, printed right before the failure action.
 pub fn status_failed(step: &str, error: &str, action: &str) -> String {
-    status_line(&[
-        ("status", "failed"),
-        ("step", step),
-        ("error", error),
-        ("action", action),
-    ])
+    format!("{}\n", StatusLine::failed(step, error, action))
 }
 
 /// One timed phase of the boot.
@@ -184,20 +134,12 @@ impl Timings {
         at.saturating_sub(self.init_start).as_millis() as u64
     }
 
-    /// Sums per kind of work, in a fixed order, for the console summary and the JSON
-    /// (`device-waits` are block-device waits; virtiofs waits are part of their mounts,
-    /// because on 6.1 the mount is the wait).
+    /// Sums per kind of work, in boot order (nixboot_protocol::timings::totals).
     pub fn totals(&self) -> Vec<(&'static str, Duration)> {
-        let mut out: Vec<(&'static str, Duration)> = Vec::new();
-        for p in &self.phases {
-            let kind = phase_kind(&p.name);
-            match out.iter_mut().find(|(k, _)| *k == kind) {
-                Some((_, d)) => *d += p.duration,
-                None => out.push((kind, p.duration)),
-            }
-        }
-        out.sort_by_key(|(k, _)| KINDS.iter().position(|x| x == k));
-        out
+        timings::totals(self.phases.iter().map(|p| (p.name.as_str(), p.duration)))
+            .into_iter()
+            .map(|(k, d)| (k.name(), d))
+            .collect()
     }
 
     /// One console line: `modules 31.2 ms, device-waits 0.4 ms, ...; 87 ms since start`.
@@ -214,88 +156,15 @@ impl Timings {
         )
     }
 
-    /// The JSON document written to `/run/nixboot/timings.json`: times in milliseconds,
-    /// `start_ms` since boot (CLOCK_BOOTTIME) like the console timestamps.
+    /// The text of `/run/nixboot/timings.json`, written `written_at` since boot.
     pub fn to_json(&self, written_at: Duration) -> String {
-        let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1000.0);
-        let mut s = String::from("{\n");
-        let _ = writeln!(s, "  \"init_start_ms\": {},", ms(self.init_start));
-        let _ = writeln!(s, "  \"initrd_ms\": {},", self.elapsed_ms(written_at));
-        s.push_str("  \"totals_ms\": {");
-        for (i, (k, d)) in self.totals().iter().enumerate() {
-            let _ = write!(
-                s,
-                "{}{}: {}",
-                if i == 0 { "" } else { ", " },
-                json_string(k),
-                ms(*d)
-            );
-        }
-        s.push_str("},\n");
-        s.push_str("  \"phases\": [");
-        for (i, p) in self.phases.iter().enumerate() {
-            let _ = write!(
-                s,
-                "{}\n    {{\"step\": {}, \"start_ms\": {}, \"ms\": {}}}",
-                if i == 0 { "" } else { "," },
-                json_string(&p.name),
-                ms(p.start),
-                ms(p.duration)
-            );
-        }
-        s.push_str(if self.phases.is_empty() {
-            "]\n}\n"
-        } else {
-            "\n  ]\n}\n"
-        });
-        s
+        let phases: Vec<(String, Duration, Duration)> = self
+            .phases
+            .iter()
+            .map(|p| (p.name.clone(), p.start, p.duration))
+            .collect();
+        timings::Timings::new(self.init_start, written_at, &phases).to_json()
     }
-}
-
-/// Kinds of work, in boot order.
-const KINDS: [&str; 8] = [
-    "setup",
-    "modules",
-    "device-waits",
-    "mounts",
-    "store-copy",
-    "checks",
-    "prepare-root",
-    "switch",
-];
-
-/// The kind of a phase, by its step name.
-pub fn phase_kind(name: &str) -> &'static str {
-    let step = name.split(' ').next().unwrap_or("");
-    match step {
-        "load-module" => "modules",
-        s if s.starts_with("wait-") => "device-waits",
-        s if s.starts_with("mount-") || s == "remount-root-ro" => "mounts",
-        "copy-store" => "store-copy",
-        "check-init" => "checks",
-        "prepare-root" => "prepare-root",
-        "move-mounts" | "switch-root" | "write-timings" => "switch",
-        _ => "setup",
-    }
-}
-
-/// A JSON string literal.
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// `EINVAL (Invalid argument)`: the symbolic name a reader can search for, and the text.
@@ -362,75 +231,30 @@ mod tests {
     }
 
     #[test]
-    fn line_format() {
-        assert_eq!(
-            format_line(
-                Duration::from_micros(1_234_567),
-                "mount-root",
-                "tmpfs on /sysroot"
-            ),
-            "nixboot: [  1.234567] mount-root: tmpfs on /sysroot\n"
-        );
-        assert_eq!(
-            format_line(Duration::from_secs(1234), "x", "y"),
-            "nixboot: [1234.000000] x: y\n"
-        );
-    }
-
-    #[test]
-    fn quoting() {
-        assert_eq!(quote_value("ok"), "ok");
-        assert_eq!(quote_value("/nix/store/a-b/init"), "/nix/store/a-b/init");
-        assert_eq!(quote_value("a b"), "\"a b\"");
-        assert_eq!(quote_value(r#"say "hi""#), r#""say \"hi\"""#);
-        assert_eq!(quote_value(r"back\slash"), r#""back\\slash""#);
-        assert_eq!(quote_value(""), "\"\"");
-        assert_eq!(quote_value("two\nlines"), "\"two lines\"");
-        assert_eq!(quote_value("k=v"), "k=v");
-    }
-
-    #[test]
-    fn status_lines_match_the_contract() {
+    fn status_lines_end_the_line() {
         assert_eq!(
             status_ok("/nix/store/..-x/init", 87),
             "nixboot-status: status=ok step=exec init=/nix/store/..-x/init initrd_ms=87\n"
         );
-        assert_eq!(
-            status_failed(
-                "mount-store",
-                "virtiofs tag \"store\" did not appear within 30s",
-                "poweroff"
-            ),
-            "nixboot-status: status=failed step=mount-store error=\"virtiofs tag \\\"store\\\" did not appear within 30s\" action=poweroff\n"
-        );
+        let failed = status_failed("exec", "execve failed", "poweroff");
+        assert!(failed.ends_with("action=poweroff\n"), "{failed}");
     }
 
     #[test]
-    fn timings_json() {
+    fn timings_json_is_the_protocol_file() {
         let mut t = Timings::new(Duration::from_millis(500));
         t.record(
             "load-module virtio_ring",
             Duration::from_millis(501),
             Duration::from_micros(502_500),
         );
-        t.record(
-            "mount-\"x\"",
-            Duration::from_millis(503),
-            Duration::from_millis(510),
-        );
-        let j = t.to_json(Duration::from_millis(587));
-        assert_eq!(
-            j,
-            "{\n  \"init_start_ms\": 500.000,\n  \"initrd_ms\": 87,\n  \
-             \"totals_ms\": {\"modules\": 1.500, \"mounts\": 7.000},\n  \"phases\": [\n    \
-             {\"step\": \"load-module virtio_ring\", \"start_ms\": 501.000, \"ms\": 1.500},\n    \
-             {\"step\": \"mount-\\\"x\\\"\", \"start_ms\": 503.000, \"ms\": 7.000}\n  ]\n}\n"
-        );
-        assert_eq!(
-            Timings::new(Duration::ZERO).to_json(Duration::ZERO),
-            "{\n  \"init_start_ms\": 0.000,\n  \"initrd_ms\": 0,\n  \"totals_ms\": {},\n  \
-             \"phases\": []\n}\n"
-        );
+        let json = t.to_json(Duration::from_millis(587));
+        let back = timings::Timings::from_json(&json).unwrap();
+        assert_eq!(back.initrd_ms, 87);
+        assert_eq!(back.init_start_ms, 500.0);
+        assert_eq!(back.totals_ms.modules, Some(1.5));
+        assert_eq!(back.phases[0].step, "load-module virtio_ring");
+        assert_eq!(back.phases[0].start_ms, 501.0);
     }
 
     #[test]
@@ -471,10 +295,5 @@ mod tests {
              store-copy 7.0 ms, checks 8.0 ms, prepare-root 10.0 ms, switch 20.0 ms; \
              100 ms since the init started"
         );
-    }
-
-    #[test]
-    fn json_strings() {
-        assert_eq!(json_string("a\u{1}b\n"), "\"a\\u0001b\\n\"");
     }
 }

@@ -2,7 +2,16 @@
 //! with its one writer and its one reader.
 //!
 //! - [`initrd`]: `/etc/nixboot/initrd.json`, written by mkinitrd, read by the init.
+//! - [`console`]: the init's console log lines and its `nixboot-status:` line, written by
+//!   the init, read by the launcher, the tests and the bench.
+//! - [`timings`]: `/run/nixboot/timings.json`, written by the init, read through the probe
+//!   by the tests and the bench.
+//! - [`probe`]: the probe's `PROBE-RESULT {json}` report, written by the probe (the
+//!   synthetic stage 2), read by the launcher and the tests.
 
+pub mod console;
 pub mod initrd;
+pub mod probe;
+pub mod timings;
 
 pub use initrd::*;

@@ -101,7 +101,8 @@ fn boot(f: &Fixture, share_store: bool, append: Option<&str>) -> Outcome {
 fn assert_module_lines(o: &Outcome, ctx: &str) {
     for m in MODULES {
         assert!(
-            console::init_lines(&o.console).any(|l| l.contains("load") && console::has_word(l, m)),
+            nixboot_protocol::console::log_lines(&o.console)
+                .any(|l| l.contains("load") && console::has_word(l, m)),
             "the init did not report loading {m}{ctx}"
         );
     }

@@ -207,7 +207,7 @@ fn boot_busybox(test: &str, switch: &str) -> Option<serde_json::Value> {
     assert_eq!(s.get("init"), Some(init.as_str()));
     for m in MODULES {
         assert!(
-            console::init_lines(&o.console).any(|l| console::has_word(l, m)),
+            nixboot_protocol::console::log_lines(&o.console).any(|l| console::has_word(l, m)),
             "no line about module {m}{ctx}"
         );
     }

@@ -5,6 +5,7 @@
 //! It must never panic or exit as PID 1 (the kernel would panic and hide the report), so
 //! every failure to find something out becomes an entry of `errors` instead.
 
+use nixboot_protocol::probe::{ProbeReport as Report, Stat};
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs;
@@ -38,47 +39,14 @@ fn main() {
                 errors: vec![msg],
                 ..Report::default()
             };
-            emit(&report.to_json());
+            emit(&report);
         }
         finish();
     }));
     let report = probe();
     REPORTED.store(true, Ordering::SeqCst);
-    emit(&report.to_json());
+    emit(&report);
     finish();
-}
-
-#[derive(Default)]
-struct Report {
-    pid: Option<u32>,
-    argv: Vec<String>,
-    cmdline: Option<String>,
-    root_fstype: Option<String>,
-    store_fstype: Option<String>,
-    modules_fstype: Option<String>,
-    store_readonly: Option<bool>,
-    modules_readonly: Option<bool>,
-    special: Vec<(&'static str, Option<String>)>,
-    leftovers: Option<Vec<String>>,
-    root_readonly: Option<bool>,
-    root_options: Option<String>,
-    store_writable: Option<bool>,
-    env: Vec<String>,
-    booted_system: Option<String>,
-    timings: Option<String>,
-    test_files: Vec<(String, String)>,
-    stats: Vec<(String, Stat)>,
-    errors: Vec<String>,
-}
-
-/// What `stat:PATH` in argv asks about (lstat: symlinks are reported, not followed).
-#[derive(Default, Clone)]
-struct Stat {
-    kind: &'static str,
-    mode: Option<u32>,
-    size: Option<u64>,
-    target: Option<String>,
-    mtime: Option<i64>,
 }
 
 /// Files the synthetic closures' scripts leave for the probe to report.
@@ -106,6 +74,10 @@ fn probe() -> Report {
         ..Report::default()
     };
     r.env.sort();
+    // Unreadable mountinfo still names the four, as not mounted.
+    for p in ["/proc", "/sys", "/dev", "/run"] {
+        r.special_mounts.insert(p.into(), None);
+    }
 
     // The init is supposed to hand over a mounted /proc; if it did not, mount one only
     // long enough to look, and say so (special_mounts still reports the truth).
@@ -156,14 +128,17 @@ fn probe() -> Report {
                 } else {
                     find(p).map(|m| m.fstype.clone())
                 };
-                r.special.push((p, fstype));
+                r.special_mounts.insert(p.into(), fstype);
             }
         }
         Err(e) => r.errors.push(format!("reading /proc/self/mountinfo: {e}")),
     }
 
     match leftovers() {
-        Ok(names) => r.leftovers = Some(names),
+        Ok(names) => {
+            r.initramfs_leftovers = Some(names);
+            r.initramfs_checked = true;
+        }
         Err(e) => r.errors.push(format!("initramfs leftovers: {e}")),
     }
 
@@ -180,7 +155,7 @@ fn probe() -> Report {
     r.booted_system = fs::read_link("/run/booted-system")
         .ok()
         .map(|p| lossy(p.into_os_string()));
-    r.timings = fs::read_to_string("/run/nixboot/timings.json").ok();
+    r.timings = fs::read_to_string(nixboot_protocol::timings::TIMINGS_PATH).ok();
     if let Ok(dir) = fs::read_dir(TEST_FILES_DIR) {
         let mut files: Vec<(String, String)> = dir
             .flatten()
@@ -195,11 +170,11 @@ fn probe() -> Report {
             })
             .collect();
         files.sort();
-        r.test_files = files;
+        r.test_files = files.into_iter().collect();
     }
     for a in r.argv.clone().iter().skip(1) {
         if let Some(path) = a.strip_prefix("stat:") {
-            r.stats.push((path.to_string(), stat(Path::new(path))));
+            r.stats.insert(path.to_string(), stat(Path::new(path)));
         }
     }
 
@@ -216,7 +191,7 @@ fn stat(p: &Path) -> Stat {
     use std::os::unix::fs::PermissionsExt;
     let Ok(m) = fs::symlink_metadata(p) else {
         return Stat {
-            kind: "missing",
+            kind: "missing".into(),
             ..Stat::default()
         };
     };
@@ -230,8 +205,9 @@ fn stat(p: &Path) -> Stat {
             "file"
         } else {
             "other"
-        },
-        mode: Some(m.permissions().mode() & 0o7777),
+        }
+        .into(),
+        mode: Some(format!("{:04o}", m.permissions().mode() & 0o7777)),
         size: ft.is_file().then_some(m.len()),
         target: fs::read_link(p).ok().map(|t| lossy(t.into_os_string())),
         mtime: Some(m.mtime()),
@@ -453,156 +429,9 @@ fn lossy(s: OsString) -> String {
     String::from_utf8_lossy(s.as_bytes()).into_owned()
 }
 
-impl Report {
-    fn to_json(&self) -> String {
-        let mut j = String::from("{");
-        let _ = write!(j, "\"pid\":{}", opt_num(self.pid));
-        j.push_str(",\"argv\":");
-        push_str_array(&mut j, &self.argv);
-        let _ = write!(j, ",\"cmdline\":{}", opt_str(self.cmdline.as_deref()));
-        let _ = write!(
-            j,
-            ",\"root_fstype\":{}",
-            opt_str(self.root_fstype.as_deref())
-        );
-        let _ = write!(
-            j,
-            ",\"store_fstype\":{}",
-            opt_str(self.store_fstype.as_deref())
-        );
-        let _ = write!(
-            j,
-            ",\"modules_fstype\":{}",
-            opt_str(self.modules_fstype.as_deref())
-        );
-        let _ = write!(j, ",\"store_readonly\":{}", opt_bool(self.store_readonly));
-        let _ = write!(
-            j,
-            ",\"modules_readonly\":{}",
-            opt_bool(self.modules_readonly)
-        );
-        j.push_str(",\"special_mounts\":{");
-        let special: Vec<(&str, Option<String>)> = if self.special.is_empty() {
-            ["/proc", "/sys", "/dev", "/run"]
-                .into_iter()
-                .map(|p| (p, None))
-                .collect()
-        } else {
-            self.special.clone()
-        };
-        for (i, (p, f)) in special.iter().enumerate() {
-            if i > 0 {
-                j.push(',');
-            }
-            let _ = write!(j, "{}:{}", json_str(p), opt_str(f.as_deref()));
-        }
-        j.push('}');
-        j.push_str(",\"initramfs_leftovers\":");
-        match &self.leftovers {
-            Some(l) => push_str_array(&mut j, l),
-            None => j.push_str("null"),
-        }
-        let _ = write!(j, ",\"initramfs_checked\":{}", self.leftovers.is_some());
-        let _ = write!(j, ",\"root_readonly\":{}", opt_bool(self.root_readonly));
-        let _ = write!(
-            j,
-            ",\"root_options\":{}",
-            opt_str(self.root_options.as_deref())
-        );
-        let _ = write!(j, ",\"store_writable\":{}", opt_bool(self.store_writable));
-        j.push_str(",\"env\":");
-        push_str_array(&mut j, &self.env);
-        let _ = write!(
-            j,
-            ",\"booted_system\":{}",
-            opt_str(self.booted_system.as_deref())
-        );
-        let _ = write!(j, ",\"timings\":{}", opt_str(self.timings.as_deref()));
-        j.push_str(",\"test_files\":{");
-        for (i, (name, text)) in self.test_files.iter().enumerate() {
-            if i > 0 {
-                j.push(',');
-            }
-            let _ = write!(j, "{}:{}", json_str(name), json_str(text));
-        }
-        j.push('}');
-        j.push_str(",\"stats\":{");
-        for (i, (path, st)) in self.stats.iter().enumerate() {
-            if i > 0 {
-                j.push(',');
-            }
-            let _ = write!(
-                j,
-                "{}:{{\"type\":{},\"mode\":{},\"size\":{},\"target\":{},\"mtime\":{}}}",
-                json_str(path),
-                json_str(st.kind),
-                st.mode
-                    .map_or_else(|| "null".into(), |m| json_str(&format!("{m:04o}"))),
-                st.size.map_or_else(|| "null".into(), |n| n.to_string()),
-                opt_str(st.target.as_deref()),
-                st.mtime.map_or_else(|| "null".into(), |n| n.to_string()),
-            );
-        }
-        j.push('}');
-        j.push_str(",\"errors\":");
-        push_str_array(&mut j, &self.errors);
-        j.push('}');
-        j
-    }
-}
-
-fn opt_num(v: Option<u32>) -> String {
-    v.map_or_else(|| "null".into(), |n| n.to_string())
-}
-
-fn opt_bool(v: Option<bool>) -> &'static str {
-    match v {
-        Some(true) => "true",
-        Some(false) => "false",
-        None => "null",
-    }
-}
-
-fn opt_str(v: Option<&str>) -> String {
-    v.map_or_else(|| "null".into(), json_str)
-}
-
-fn push_str_array(j: &mut String, items: &[String]) {
-    j.push('[');
-    for (i, s) in items.iter().enumerate() {
-        if i > 0 {
-            j.push(',');
-        }
-        j.push_str(&json_str(s));
-    }
-    j.push(']');
-}
-
-fn json_str(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            '\n' => o.push_str("\\n"),
-            '\r' => o.push_str("\\r"),
-            '\t' => o.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
-}
-
 /// Writes the report line to stdout, falling back to /dev/console if stdout is unusable.
-fn emit(json: &str) {
-    // A leading newline keeps the marker at the start of a line even if the console was
-    // left mid-line by earlier output.
-    let line = format!("\nPROBE-RESULT {json}\n");
+fn emit(report: &Report) {
+    let line = report.to_line();
     let mut stdout = std::io::stdout().lock();
     if stdout
         .write_all(line.as_bytes())
@@ -649,21 +478,6 @@ mod tests {
         assert_eq!(m[1].mount_point, "/nix/store");
         assert!(m[1].readonly);
         assert_eq!(m[2].mount_point, "/my dir");
-    }
-
-    #[test]
-    fn json_is_escaped_and_complete() {
-        let r = Report {
-            pid: Some(1),
-            argv: vec!["/init".into(), "a\"b\\c\n".into()],
-            errors: vec!["x\u{1}".into()],
-            ..Report::default()
-        };
-        let j = r.to_json();
-        assert!(j.contains(r#""argv":["/init","a\"b\\c\n"]"#), "{j}");
-        assert!(j.contains(r#""errors":["x\u0001"]"#), "{j}");
-        assert!(j.contains(r#""special_mounts":{"/proc":null"#), "{j}");
-        assert!(j.contains(r#""initramfs_leftovers":null,"initramfs_checked":false"#));
     }
 
     #[test]

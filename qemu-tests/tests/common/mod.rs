@@ -8,7 +8,7 @@
 pub mod disk;
 
 use mkinitrd::cpio::ArchiveBuilder;
-use nixboot_launcher::console::{self, ConsoleFacts, Status};
+use nixboot_launcher::console::{ConsoleFacts, Status};
 use nixboot_launcher::qemu::{self, Outcome};
 use nixboot_launcher::Share;
 use nixboot_protocol::InitrdConfig;
@@ -336,7 +336,7 @@ pub fn assert_failed(o: &Outcome, step: &str, error: &str, action: Action) {
     assert_eq!(s.step(), Some(step), "{s}{ctx}");
     let e = s.error().unwrap_or("");
     assert!(e.contains(error), "error {e:?} lacks {error:?}{ctx}");
-    let lines: Vec<&str> = console::init_lines(&o.console)
+    let lines: Vec<&str> = nixboot_protocol::console::log_lines(&o.console)
         .filter(|l| l.contains(&format!("] {step}: ")))
         .collect();
     assert!(
@@ -363,7 +363,7 @@ pub fn assert_failed(o: &Outcome, step: &str, error: &str, action: Action) {
 /// The init's human lines of one step.
 pub fn step_lines<'a>(o: &'a Outcome, step: &str) -> Vec<&'a str> {
     let tag = format!("] {step}: ");
-    console::init_lines(&o.console)
+    nixboot_protocol::console::log_lines(&o.console)
         .filter(|l| l.contains(&tag))
         .collect()
 }

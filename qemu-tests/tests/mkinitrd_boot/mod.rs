@@ -189,7 +189,8 @@ pub fn assert_modules_loaded(o: &Outcome) {
     let ctx = context(o);
     for m in MODULES {
         assert!(
-            console::init_lines(&o.console).any(|l| l.contains("load") && console::has_word(l, m)),
+            nixboot_protocol::console::log_lines(&o.console)
+                .any(|l| l.contains("load") && console::has_word(l, m)),
             "the init did not report loading {m}{ctx}"
         );
     }
