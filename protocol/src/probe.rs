@@ -46,6 +46,13 @@ pub struct ProbeReport {
     pub errors: Vec<String>,
 }
 
+impl std::fmt::Display for ProbeReport {
+    /// The report as JSON, for assertion messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&serde_json::to_string(self).map_err(|_| std::fmt::Error)?)
+    }
+}
+
 /// lstat of one path asked for with `stat:PATH`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stat {

@@ -3,10 +3,11 @@
 //! modules from it and hand the probe a clean imageless system. One boot per kind, at most
 //! two at a time.
 
-mod mkinitrd_boot;
+mod common;
 
+use common::fixture::*;
+use common::{assert_modules_loaded, context};
 use mkinitrd::Compression;
-use mkinitrd_boot::*;
 
 fn boots_with(c: Compression) {
     let test = format!("boots_with_{c}");
@@ -24,7 +25,7 @@ fn boots_with(c: Compression) {
         "{c}: {:02x?}",
         &bytes[..8]
     );
-    let o = f.boot(&initrd, f.cmdline(None), true);
+    let o = f.boot(&initrd, f.cmdline(None), Shares::All);
     eprintln!(
         "{test}: {} bytes; accel {}; QEMU ran {:?}; kernel start -> probe {:?}",
         report.size,

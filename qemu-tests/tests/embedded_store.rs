@@ -3,9 +3,10 @@
 //! QEMU guest here has no vhost-user-fs device and no block device; the probe, a store path
 //! of the closure, must still run as PID 1 on a tmpfs root, with no virtiofs mounted.
 
-mod mkinitrd_boot;
+mod common;
 
-use mkinitrd_boot::*;
+use common::fixture::*;
+use common::{context, probe};
 use std::fs;
 
 #[test]
@@ -67,7 +68,7 @@ fn embedded_store_boots_without_any_share() {
     // No share at all: only what the initrd carries, and nothing on the command line
     // about it (the configuration says it all). rd.timeout bounds the wait of an init that
     // would still look for a share.
-    let o = f.boot(&initrd, f.cmdline(Some("rd.timeout=10")), false);
+    let o = f.boot(&initrd, f.cmdline(Some("rd.timeout=10")), Shares::None);
     let ctx = context(&o);
     eprintln!(
         "{test}: {} bytes; QEMU ran {:?}; kernel start -> probe {:?}",
@@ -81,8 +82,8 @@ fn embedded_store_boots_without_any_share() {
     );
     // /nix/store is part of the tmpfs root (null: not a mount point) or a tmpfs of its own;
     // never virtiofs.
-    assert_probe_ok(&f, &o, |v| v.is_null() || v == "tmpfs");
-    let p = o.probe.as_ref().unwrap();
-    assert_eq!(p["modules_fstype"], serde_json::Value::Null, "{p}");
+    assert_probe_ok(&f, &o, |t| t.is_none() || t == Some("tmpfs"));
+    let p = probe(&o).unwrap();
+    assert_eq!(p.modules_fstype, None, "{p}");
     eprintln!("{test}: probe {p}");
 }

@@ -93,11 +93,11 @@ fn scripted_closure_execs_the_stage2_script() {
     let o = boot(&kit, &store, &format!("{config}/init"));
     let p = assert_booted(&o);
     assert_eq!(
-        p["argv"],
-        serde_json::json!([format!("{config}/systemd"), "stage2-arg"]),
+        p.argv,
+        [format!("{config}/systemd"), "stage2-arg".to_string()],
         "{p}"
     );
-    let seen = p["test_files"]["stage-2"].as_str().expect("stage-2 record");
+    let seen = p.test_files.get("stage-2").expect("stage-2 record");
     // PID 1 itself, with exactly the environment the kernel would give an init, the
     // special filesystems already mounted (so stage-2-init.sh skips its own), in /.
     assert!(seen.contains("pid=1\n"), "{seen}");
@@ -108,8 +108,8 @@ fn scripted_closure_execs_the_stage2_script() {
     assert!(seen.contains("proc=mounted\n"), "{seen}");
     assert!(seen.contains("sysroot=absent\n"), "{seen}");
     assert!(seen.contains("cwd=/\n"), "{seen}");
-    assert_eq!(p["booted_system"], config, "{p}");
-    assert!(p["test_files"].get("prepare-root").is_none(), "{p}");
+    assert_eq!(p.booted_system.as_deref(), Some(config.as_str()), "{p}");
+    assert!(!p.test_files.contains_key("prepare-root"), "{p}");
     let prepared = step_lines(&o, "prepare-root");
     assert!(
         prepared
@@ -147,9 +147,10 @@ fn systemd_closure_runs_prepare_root_then_execs_init() {
 
     let o = boot(&kit, &store, &init);
     let p = assert_booted(&o);
-    assert_eq!(p["argv"], serde_json::json!([init, "stage2-arg"]), "{p}");
-    let seen = p["test_files"]["prepare-root"]
-        .as_str()
+    assert_eq!(p.argv, [init.as_str(), "stage2-arg"], "{p}");
+    let seen = p
+        .test_files
+        .get("prepare-root")
         .expect("prepare-root record");
     // A child of the init, chrooted into the new root (no /sysroot there), with NixOS's
     // variable, /proc already there, /run shared with what the init hands over.
@@ -161,9 +162,9 @@ fn systemd_closure_runs_prepare_root_then_execs_init() {
     assert!(seen.contains("proc=mounted\n"), "{seen}");
     assert!(seen.contains("sysroot=absent\n"), "{seen}");
     assert!(seen.contains("cwd=/\n"), "{seen}");
-    assert_eq!(p["booted_system"], config, "{p}");
+    assert_eq!(p.booted_system.as_deref(), Some(config.as_str()), "{p}");
     // systemd gets the plain environment, not prepare-root's variable.
-    assert_eq!(p["env"], serde_json::json!(["HOME=/", "TERM=linux"]), "{p}");
+    assert_eq!(p.env, ["HOME=/", "TERM=linux"], "{p}");
     let prepared = step_lines(&o, "prepare-root");
     assert!(
         prepared
@@ -171,5 +172,5 @@ fn systemd_closure_runs_prepare_root_then_execs_init() {
             .any(|l| l.contains(&format!("{config}/prepare-root finished"))),
         "{prepared:?}"
     );
-    assert!(timed_steps(p).iter().any(|s| s == "prepare-root"));
+    assert!(timed_steps(&p).iter().any(|s| s == "prepare-root"));
 }

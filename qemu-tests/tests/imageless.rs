@@ -3,162 +3,55 @@
 
 mod common;
 
-use common::{assert_booted, context};
-use nixboot_launcher::bootspec::{self, KernelCmdline};
-use nixboot_launcher::console::{self, Status};
-use nixboot_launcher::qemu::{self, Outcome};
-use nixboot_launcher::Share;
-use qemu_tests::artifacts::{self, fake_store_name, Env};
-use std::path::PathBuf;
-use std::time::Duration;
+use common::fixture::{fixture, Fixture, Shares};
+use common::{assert_booted, assert_initramfs_freed, assert_modules_loaded};
+use common::{assert_special_mounts, context, FAILURE_BOUND};
+use nixboot_launcher::console::Status;
+use nixboot_launcher::qemu::Outcome;
 
-/// What Debian's 6.1 cloud kernel needs for virtiofs, in load order.
-const MODULES: [&str; 7] = [
-    "virtio_ring",
-    "virtio",
-    "virtio_pci_modern_dev",
-    "virtio_pci_legacy_dev",
-    "virtio_pci",
-    "fuse",
-    "virtiofs",
-];
-/// Generous: TCG on a loaded 2-core CI machine.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// A store holding `<hash>-probe-system/init` (the probe) and an initrd built for it.
-struct Fixture {
-    _tmp: tempfile::TempDir,
-    store: PathBuf,
-    initrd: PathBuf,
-    /// The guest path of the probe.
-    init: String,
-    env: Env,
-}
-
-fn fixture(test: &str) -> Option<Fixture> {
-    let env = artifacts::require_prerequisites(test)?;
-    let bins = artifacts::static_binaries().expect("building the static init and probe");
-    let tmp = tempfile::tempdir().unwrap();
-    let store = tmp.path().join("store");
-    let system = store.join(fake_store_name(test, "probe-system"));
-    std::fs::create_dir_all(&system).unwrap();
-    std::fs::copy(&bins.probe, system.join("init")).unwrap();
-
-    let initrd = tmp.path().join("initrd.zst");
-    let report = mkinitrd::build(&mkinitrd::BuildOptions {
-        closure: Some(system.clone()),
-        output: initrd.clone(),
-        kernel_modules: Some(env.modules.clone()),
-        modules: vec!["virtio_pci".into(), "virtiofs".into()],
-        init: Some(bins.init.clone()),
+/// The fixture's zstd initrd (the default users get), booted.
+fn boot(f: &Fixture, shares: Shares, append: Option<&str>) -> Outcome {
+    let opts = mkinitrd::BuildOptions {
         compression: mkinitrd::Compression::Zstd,
-        ..Default::default()
-    })
-    .expect("mkinitrd");
-    // mkinitrd resolves the dependencies itself (any valid order will do).
-    let mut packed = report.modules.clone();
-    packed.sort();
-    let mut expected = MODULES.map(String::from).to_vec();
-    expected.sort();
-    assert_eq!(packed, expected, "{report:?}");
-
-    let init = bootspec::guest_store_path(&system.join("init"), &store).unwrap();
-    Some(Fixture {
-        _tmp: tmp,
-        store,
-        initrd,
-        init,
-        env,
-    })
-}
-
-fn boot(f: &Fixture, share_store: bool, append: Option<&str>) -> Outcome {
-    let cmdline = KernelCmdline {
-        init: Some(f.init.clone()),
-        append: append.map(str::to_string),
-        init_args: vec!["alpha".into(), "beta".into()],
-        ..Default::default()
-    }
-    .render();
-    let mut cfg = f.env.vm(&f.initrd, cmdline);
-    cfg.timeout = Some(BOOT_TIMEOUT);
-    cfg.quiet = true;
-    if share_store {
-        cfg.shares
-            .push(Share::new("store", &f.store).unwrap().readonly());
-    }
-    cfg.shares.push(
-        Share::new(
-            "modules",
-            bootspec::modules_share_dir(&f.env.modules).unwrap(),
-        )
-        .unwrap()
-        .readonly(),
-    );
-    qemu::run(&cfg).expect("launcher")
-}
-
-fn assert_module_lines(o: &Outcome, ctx: &str) {
-    for m in MODULES {
-        assert!(
-            nixboot_protocol::console::log_lines(&o.console)
-                .any(|l| l.contains("load") && console::has_word(l, m)),
-            "the init did not report loading {m}{ctx}"
-        );
-    }
+        ..f.options("initrd.zst")
+    };
+    let (initrd, _) = f.build(&opts);
+    f.boot(&initrd, f.cmdline(append), shares)
 }
 
 #[test]
 fn imageless_boot_hands_the_probe_a_clean_system() {
     let test = "imageless_boot_hands_the_probe_a_clean_system";
     let Some(f) = fixture(test) else { return };
-    let o = boot(&f, true, None);
-    let ctx = context(&o);
-    eprintln!(
-        "{test}: accel {}; QEMU ran {:?}; kernel start -> probe result {:?}",
-        o.accel.accel,
-        o.elapsed,
-        o.kernel_to_probe()
-    );
+    let o = boot(&f, Shares::All, None);
 
     // Clean power-off, no warnings, status=ok at exec, the probe as PID 1 with no errors.
     let p = assert_booted(&o);
     let s = o.status.as_ref().expect("no nixboot-status line");
     assert_eq!(s.get("init"), Some(f.init.as_str()), "{s}");
-    assert_module_lines(&o, &ctx);
+    assert_modules_loaded(&o);
 
-    assert_eq!(
-        p["argv"],
-        serde_json::json!([f.init, "alpha", "beta"]),
-        "{p}"
-    );
-    let cmdline = p["cmdline"].as_str().expect("cmdline");
+    assert_eq!(p.argv, [f.init.as_str(), "alpha", "beta"], "{p}");
+    let cmdline = p.cmdline.as_deref().expect("cmdline");
     assert!(cmdline.contains(&format!("init={}", f.init)), "{p}");
-    assert_eq!(p["root_fstype"], "tmpfs", "{p}");
-    assert_eq!(p["store_fstype"], "virtiofs", "{p}");
-    assert_eq!(p["store_readonly"], true, "{p}");
-    assert_eq!(p["modules_fstype"], "virtiofs", "{p}");
-    assert_eq!(p["modules_readonly"], true, "{p}");
-    assert_eq!(
-        p["special_mounts"],
-        serde_json::json!({"/proc": "proc", "/sys": "sysfs", "/dev": "devtmpfs", "/run": "tmpfs"}),
-        "{p}"
-    );
+    assert_eq!(p.root_fstype.as_deref(), Some("tmpfs"), "{p}");
+    assert_eq!(p.store_fstype.as_deref(), Some("virtiofs"), "{p}");
+    assert_eq!(p.store_readonly, Some(true), "{p}");
+    assert_eq!(p.modules_fstype.as_deref(), Some("virtiofs"), "{p}");
+    assert_eq!(p.modules_readonly, Some(true), "{p}");
+    assert_special_mounts(&p);
     // The init must give the initramfs's RAM back: at most the mount point it moved
     // the new root from may remain (empty).
-    assert_eq!(p["initramfs_checked"], true, "{p}");
-    let left = p["initramfs_leftovers"].as_array().expect("leftovers");
-    assert!(left.iter().all(|n| n == "sysroot"), "{p}");
-    assert_eq!(p["errors"], serde_json::json!([]), "{p}");
+    assert_initramfs_freed(&p);
+    assert!(p.errors.is_empty(), "{p}");
 }
 
 #[test]
 fn imageless_boot_without_store_fails_cleanly() {
     let test = "imageless_boot_without_store_fails_cleanly";
     let Some(f) = fixture(test) else { return };
-    let o = boot(&f, false, Some("rd.timeout=3"));
+    let o = boot(&f, Shares::ModulesOnly, Some("rd.timeout=3"));
     let ctx = context(&o);
-    eprintln!("{test}: accel {}; QEMU ran {:?}", o.accel.accel, o.elapsed);
 
     assert!(!o.timed_out, "timed out{ctx}");
     assert!(!o.panicked, "kernel panic{ctx}");
@@ -173,11 +66,7 @@ fn imageless_boot_without_store_fails_cleanly() {
     // The failure policy powers off: QEMU must exit by itself, long before our timeout.
     assert!(o.qemu_clean_exit(), "QEMU exit {}{ctx}", o.qemu_exit);
     assert!(o.powered_off, "the guest did not power off{ctx}");
-    assert!(
-        o.elapsed < Duration::from_secs(60),
-        "took {:?}{ctx}",
-        o.elapsed
-    );
+    assert!(o.elapsed < FAILURE_BOUND, "took {:?}{ctx}", o.elapsed);
     assert!(o.probe.is_none(), "the probe ran without a store?{ctx}");
-    assert_module_lines(&o, &ctx);
+    assert_modules_loaded(&o);
 }

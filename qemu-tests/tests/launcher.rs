@@ -4,23 +4,16 @@
 //!
 //! If this passes and the imageless tests fail, the fault is in init or mkinitrd.
 
+mod common;
+
+use common::{assert_special_mounts, context, modules_share, MODULES};
 use nixboot_launcher::bootspec::{self, KernelCmdline};
 use nixboot_launcher::console::{self, Status};
-use nixboot_launcher::qemu;
 use nixboot_launcher::Share;
+use nixboot_protocol::console::log_lines;
+use nixboot_protocol::probe::ProbeReport;
 use qemu_tests::artifacts::{self, fake_store_name};
 use std::path::Path;
-use std::time::Duration;
-
-const MODULES: [&str; 7] = [
-    "virtio_ring",
-    "virtio",
-    "virtio_pci_modern_dev",
-    "virtio_pci_legacy_dev",
-    "virtio_pci",
-    "fuse",
-    "virtiofs",
-];
 
 /// Speaks the init's console protocol, so the launcher's parsing is exercised too.
 const INIT_SCRIPT: &str = r#"#!/bin/busybox sh
@@ -31,7 +24,7 @@ fail() { echo "nixboot-status: status=failed step=$1 error=\"$2\" action=powerof
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci fuse virtiofs; do
+for m in MODULES; do
   insmod /mods/$m.ko || fail modules "insmod $m"
   echo "nixboot: [  0.000000] modules: loaded $m"
 done
@@ -118,7 +111,9 @@ fn busybox_initrd(modules_dir: &Path, switch: &str) -> Vec<u8> {
     c.entry("dev/console", 0o020600, (5, 1), &[]);
     let busybox = std::fs::read("/bin/busybox").expect("read /bin/busybox");
     c.entry("bin/busybox", 0o100755, (0, 0), &busybox);
-    let script = INIT_SCRIPT.replace("SWITCH", switch);
+    let script = INIT_SCRIPT
+        .replace("SWITCH", switch)
+        .replace("MODULES", &MODULES.join(" "));
     c.entry("init", 0o100755, (0, 0), script.as_bytes());
     for m in MODULES {
         let path = find_module(modules_dir, m).unwrap_or_else(|| panic!("module {m} not found"));
@@ -144,7 +139,7 @@ fn find_module(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
 
 /// Boots the busybox initrd into the probe and checks everything but the leftovers;
 /// returns the probe's report.
-fn boot_busybox(test: &str, switch: &str) -> Option<serde_json::Value> {
+fn boot_busybox(test: &str, switch: &str) -> Option<ProbeReport> {
     let env = artifacts::require_prerequisites(test)?;
     if !Path::new("/bin/busybox").is_file() {
         // Part of .ci/setup (busybox-static), so CI always has it.
@@ -173,29 +168,12 @@ fn boot_busybox(test: &str, switch: &str) -> Option<serde_json::Value> {
     }
     .render();
     let mut cfg = env.vm(&initrd, cmdline);
-    cfg.timeout = Some(Duration::from_secs(120));
-    cfg.quiet = true;
     cfg.shares = vec![
         Share::new("store", &store).unwrap().readonly(),
-        Share::new(
-            "modules",
-            bootspec::modules_share_dir(&env.modules).unwrap(),
-        )
-        .unwrap()
-        .readonly(),
+        modules_share(&env),
     ];
-    let o = qemu::run(&cfg).expect("launcher");
-    let ctx = format!(
-        "\n--- console tail ---\n{}\n--- qemu stderr ---\n{}",
-        o.console_tail(40),
-        o.qemu_stderr
-    );
-    eprintln!(
-        "{test}: accel {}; QEMU ran {:?}; kernel start -> probe result {:?}",
-        o.accel.accel,
-        o.elapsed,
-        o.kernel_to_probe()
-    );
+    let o = common::run(test, cfg);
+    let ctx = context(&o);
 
     assert!(!o.timed_out, "timed out{ctx}");
     assert!(!o.panicked, "kernel panic{ctx}");
@@ -207,39 +185,36 @@ fn boot_busybox(test: &str, switch: &str) -> Option<serde_json::Value> {
     assert_eq!(s.get("init"), Some(init.as_str()));
     for m in MODULES {
         assert!(
-            nixboot_protocol::console::log_lines(&o.console).any(|l| console::has_word(l, m)),
+            log_lines(&o.console).any(|l| console::has_word(l, m)),
             "no line about module {m}{ctx}"
         );
     }
 
-    let p = o.probe.clone().expect("probe result");
-    assert_eq!(p["pid"], 1, "{p}");
-    assert_eq!(p["argv"], serde_json::json!([init, "alpha", "beta"]), "{p}");
-    assert!(p["cmdline"]
-        .as_str()
+    let p = common::probe(&o).expect("probe result");
+    assert_eq!(p.pid, Some(1), "{p}");
+    assert_eq!(p.argv, [init.as_str(), "alpha", "beta"], "{p}");
+    assert!(p
+        .cmdline
+        .as_deref()
         .unwrap()
         .contains(&format!("init={init}")));
-    assert_eq!(p["root_fstype"], "tmpfs", "{p}");
-    assert_eq!(p["store_fstype"], "virtiofs", "{p}");
-    assert_eq!(p["store_readonly"], true, "{p}");
-    assert_eq!(p["modules_fstype"], "virtiofs", "{p}");
-    assert_eq!(p["modules_readonly"], true, "{p}");
-    assert_eq!(
-        p["special_mounts"],
-        serde_json::json!({"/proc": "proc", "/sys": "sysfs", "/dev": "devtmpfs", "/run": "tmpfs"}),
-        "{p}"
-    );
-    assert_eq!(p["initramfs_checked"], true, "{p}");
-    assert_eq!(p["errors"], serde_json::json!([]), "{p}");
+    assert_eq!(p.root_fstype.as_deref(), Some("tmpfs"), "{p}");
+    assert_eq!(p.store_fstype.as_deref(), Some("virtiofs"), "{p}");
+    assert_eq!(p.store_readonly, Some(true), "{p}");
+    assert_eq!(p.modules_fstype.as_deref(), Some("virtiofs"), "{p}");
+    assert_eq!(p.modules_readonly, Some(true), "{p}");
+    assert_special_mounts(&p);
+    assert!(p.initramfs_checked, "{p}");
+    assert!(p.errors.is_empty(), "{p}");
     Some(p)
 }
 
-fn leftovers(p: &serde_json::Value) -> Vec<&str> {
-    p["initramfs_leftovers"]
-        .as_array()
+fn leftovers(p: &ProbeReport) -> Vec<&str> {
+    p.initramfs_leftovers
+        .as_ref()
         .unwrap()
         .iter()
-        .map(|v| v.as_str().unwrap())
+        .map(String::as_str)
         .collect()
 }
 

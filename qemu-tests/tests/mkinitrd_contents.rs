@@ -3,9 +3,10 @@
 //! the compressed archive, and a dynamically linked host program with the interpreter and
 //! libraries mkinitrd found for it.
 
-mod mkinitrd_boot;
+mod common;
 
-use mkinitrd_boot::*;
+use common::fixture::*;
+use common::{assert_modules_loaded, context};
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -93,7 +94,7 @@ fn compressed_modules_are_unpacked_at_build_time_and_load() {
     }
     assert!(compressed.iter().all(|p| p.exists()));
 
-    let o = f.boot(&initrd, f.cmdline(None), true);
+    let o = f.boot(&initrd, f.cmdline(None), Shares::All);
     assert_probe_ok(&f, &o, virtiofs);
     assert_modules_loaded(&o);
 }
@@ -115,7 +116,7 @@ fn microcode_segment_in_front_of_the_archive_boots() {
     assert_eq!(segs.len(), 2);
     assert_eq!(segs[0].compression, mkinitrd::Compression::None);
     assert_eq!(segs[1].compression, mkinitrd::Compression::Zstd);
-    let o = f.boot(&initrd, f.cmdline(None), true);
+    let o = f.boot(&initrd, f.cmdline(None), Shares::All);
     assert!(
         !o.console.contains("Initramfs unpacking failed"),
         "{}",
@@ -149,7 +150,7 @@ fn dynamic_host_program_runs_with_the_packed_libraries() {
     // The kernel runs ls as PID 1 straight from the initramfs; it lists / and exits, which
     // panics the kernel (expected: PID 1 exited) and panic=-1 ends QEMU.
     let cmdline = "console=ttyS0,115200 panic=-1 rdinit=/bin/ls -- -1 /".to_string();
-    let o = f.boot(&initrd, cmdline, false);
+    let o = f.boot(&initrd, cmdline, Shares::None);
     let ctx = context(&o);
     assert!(!o.timed_out, "timed out{ctx}");
     let lines: Vec<&str> = o

@@ -6,8 +6,11 @@
 mod common;
 
 use common::disk::{self, Part};
-use common::{assert_booted, kit, step_lines, timed_steps, Boot, Kit, ProbeStore};
+use common::{
+    assert_booted, assert_special_mounts, kit, step_lines, timed_steps, Boot, Kit, ProbeStore,
+};
 use common::{BLOCK_MODULES, VIRTIOFS_MODULES};
+use nixboot_protocol::probe::ProbeReport;
 use nixboot_protocol::InitrdConfig;
 use std::path::PathBuf;
 
@@ -84,20 +87,15 @@ impl DiskRoot {
 
 /// What every block root shares: ext4 on `/`, the store is the disk's (no share), the
 /// special mounts moved in, the initramfs freed, the wait and the mount timed.
-fn assert_block_root(o: &nixboot_launcher::Outcome, node: &str) -> serde_json::Value {
-    let p = assert_booted(o).clone();
-    assert_eq!(p["root_fstype"], "ext4", "{p}");
-    assert_eq!(p["store_fstype"], serde_json::Value::Null, "{p}");
-    assert_eq!(p["modules_fstype"], serde_json::Value::Null, "{p}");
-    assert_eq!(
-        p["special_mounts"],
-        serde_json::json!({"/proc": "proc", "/sys": "sysfs", "/dev": "devtmpfs", "/run": "tmpfs"}),
-        "{p}"
-    );
-    let left = p["initramfs_leftovers"].as_array().expect("leftovers");
+fn assert_block_root(o: &nixboot_launcher::Outcome, node: &str) -> ProbeReport {
+    let p = assert_booted(o);
+    assert_eq!(p.root_fstype.as_deref(), Some("ext4"), "{p}");
+    assert_eq!(p.store_fstype, None, "{p}");
+    assert_eq!(p.modules_fstype, None, "{p}");
+    assert_special_mounts(&p);
+    let left = p.initramfs_leftovers.as_ref().expect("leftovers");
     assert!(left.iter().all(|n| n == "sysroot"), "{p}");
-    let stats = p["stats"].as_object().expect("stats");
-    assert!(stats.values().all(|s| s["type"] == "file"), "{p}");
+    assert!(p.stats.values().all(|s| s.kind == "file"), "{p}");
     let mounted = step_lines(o, "mount-root");
     assert!(
         mounted
@@ -125,7 +123,7 @@ fn block_root_by_label_on_gpt_with_autodetected_type() {
     };
     let o = d.boot(d.gpt(), false, &[&format!("root=LABEL={ROOT_LABEL}")]);
     let p = assert_block_root(&o, "/dev/vda2");
-    assert_eq!(p["root_readonly"], false, "{p}");
+    assert_eq!(p.root_readonly, Some(false), "{p}");
     let waited = step_lines(&o, "wait-root");
     assert!(
         waited
@@ -153,8 +151,8 @@ fn block_root_by_gpt_partuuid_read_only() {
     let p = assert_block_root(&o, "/dev/vda2");
     // Mounted read-only from the start (the disk itself is read-only here: a write would
     // fail the mount), and /run still took the timings.
-    assert_eq!(p["root_readonly"], true, "{p}");
-    assert!(p["timings"].is_string(), "{p}");
+    assert_eq!(p.root_readonly, Some(true), "{p}");
+    assert!(p.timings.is_some(), "{p}");
 }
 
 #[test]
@@ -173,7 +171,7 @@ fn block_root_by_path_on_mbr_with_rootflags() {
         ],
     );
     let p = assert_block_root(&o, "/dev/vda1");
-    let opts = p["root_options"].as_str().unwrap_or("");
+    let opts = p.root_options.as_deref().unwrap_or("");
     assert!(
         opts.starts_with("rw,noatime") && opts.contains("errors=remount-ro"),
         "{opts}"
@@ -223,7 +221,7 @@ fn block_root_on_a_qcow2_overlay_as_libvirt_guests_have() {
     let o = d.boot(overlay, false, &["root=/dev/vda1", "rw"]);
     let p = assert_block_root(&o, "/dev/vda1");
     assert!(
-        p["root_options"].as_str().unwrap_or("").starts_with("rw"),
+        p.root_options.as_deref().unwrap_or("").starts_with("rw"),
         "{p}"
     );
 }
@@ -280,15 +278,11 @@ fn virtiofs_share_is_the_whole_root() {
         .share("rootfs", &root, false),
     );
     let p = assert_booted(&o);
-    assert_eq!(p["root_fstype"], "virtiofs", "{p}");
-    assert_eq!(p["root_readonly"], false, "{p}");
-    assert_eq!(p["store_fstype"], serde_json::Value::Null, "{p}");
-    assert_eq!(
-        p["special_mounts"],
-        serde_json::json!({"/proc": "proc", "/sys": "sysfs", "/dev": "devtmpfs", "/run": "tmpfs"}),
-        "{p}"
-    );
-    let left = p["initramfs_leftovers"].as_array().expect("leftovers");
+    assert_eq!(p.root_fstype.as_deref(), Some("virtiofs"), "{p}");
+    assert_eq!(p.root_readonly, Some(false), "{p}");
+    assert_eq!(p.store_fstype, None, "{p}");
+    assert_special_mounts(&p);
+    let left = p.initramfs_leftovers.as_ref().expect("leftovers");
     assert!(left.iter().all(|n| n == "sysroot"), "{p}");
 }
 
@@ -335,25 +329,29 @@ fn embedded_store_moves_into_the_tmpfs_root() {
         ]),
     );
     let p = assert_booted(&o);
-    assert_eq!(p["argv"][0], probe.init, "{p}");
-    assert_eq!(p["root_fstype"], "tmpfs", "{p}");
-    assert_eq!(p["store_fstype"], serde_json::Value::Null, "{p}");
-    let st = &p["stats"];
-    assert_eq!(st[&readme]["type"], "file", "{p}");
-    assert_eq!(st[&readme]["mode"], "0444", "{p}");
-    assert_eq!(st[&readme]["size"], 9, "{p}");
+    assert_eq!(p.argv[0], probe.init, "{p}");
+    assert_eq!(p.root_fstype.as_deref(), Some("tmpfs"), "{p}");
+    assert_eq!(p.store_fstype, None, "{p}");
+    let st = &p.stats;
+    assert_eq!(st[&readme].kind, "file", "{p}");
+    assert_eq!(st[&readme].mode.as_deref(), Some("0444"), "{p}");
+    assert_eq!(st[&readme].size, Some(9), "{p}");
     // The archive's mtime (1, as in a Nix store) survives the copy.
-    assert_eq!(st[&readme]["mtime"], 1, "{p}");
-    assert_eq!(st[&sw]["type"], "symlink", "{p}");
-    assert_eq!(st[&sw]["target"], format!("/nix/store/{data_name}"), "{p}");
+    assert_eq!(st[&readme].mtime, Some(1), "{p}");
+    assert_eq!(st[&sw].kind, "symlink", "{p}");
     assert_eq!(
-        st[&format!("/nix/store/{data_name}")]["mode"],
-        "0555",
+        st[&sw].target.as_deref(),
+        Some(format!("/nix/store/{data_name}").as_str()),
         "{p}"
     );
-    assert_eq!(st[&probe.init]["mode"], "0755", "{p}");
+    assert_eq!(
+        st[&format!("/nix/store/{data_name}")].mode.as_deref(),
+        Some("0555"),
+        "{p}"
+    );
+    assert_eq!(st[&probe.init].mode.as_deref(), Some("0755"), "{p}");
     // Moved, not copied: nothing of the store is left in the old initramfs.
-    let left = p["initramfs_leftovers"].as_array().expect("leftovers");
+    let left = p.initramfs_leftovers.as_ref().expect("leftovers");
     assert!(left.iter().all(|n| n == "sysroot"), "{p}");
     let copied = step_lines(&o, "copy-store");
     assert!(
@@ -412,14 +410,18 @@ fn kexec_carry_files_reach_the_booted_systems_run() {
         ]),
     );
     let p = assert_booted(&o);
-    let st = &p["stats"];
-    assert_eq!(st[key]["type"], "file", "{p}");
-    assert_eq!(st[key]["size"], 7, "{p}");
-    assert_eq!(st[key]["mode"], "0600", "{p}");
-    assert_eq!(st["/run/nixboot/carry/addrs.json"]["type"], "file", "{p}");
+    let st = &p.stats;
+    assert_eq!(st[key].kind, "file", "{p}");
+    assert_eq!(st[key].size, Some(7), "{p}");
+    assert_eq!(st[key].mode.as_deref(), Some("0600"), "{p}");
+    assert_eq!(st["/run/nixboot/carry/addrs.json"].kind, "file", "{p}");
     // Host keys inside: the directory is root's only, whatever the archive said.
-    assert_eq!(st["/run/nixboot/carry"]["mode"], "0700", "{p}");
-    let left = p["initramfs_leftovers"].as_array().expect("leftovers");
+    assert_eq!(
+        st["/run/nixboot/carry"].mode.as_deref(),
+        Some("0700"),
+        "{p}"
+    );
+    let left = p.initramfs_leftovers.as_ref().expect("leftovers");
     assert!(left.iter().all(|n| n == "sysroot"), "{p}");
     let lines = step_lines(&o, "carry");
     assert!(lines.iter().any(|l| l.contains("2 files")), "{lines:?}");
@@ -443,13 +445,13 @@ fn store_overlay_makes_the_store_writable() {
             .modules_share(&kit.env),
     );
     let p = assert_booted(&o);
-    assert_eq!(p["store_fstype"], "overlay", "{p}");
-    assert_eq!(p["store_readonly"], false, "{p}");
-    assert_eq!(p["store_writable"], true, "{p}");
-    assert_eq!(p["modules_fstype"], "virtiofs", "{p}");
+    assert_eq!(p.store_fstype.as_deref(), Some("overlay"), "{p}");
+    assert_eq!(p.store_readonly, Some(false), "{p}");
+    assert_eq!(p.store_writable, Some(true), "{p}");
+    assert_eq!(p.modules_fstype.as_deref(), Some("virtiofs"), "{p}");
     // The writes went to the tmpfs, not to the host's store.
     assert_eq!(std::fs::read_dir(&probe.store).unwrap().count(), before);
-    let steps = timed_steps(p);
+    let steps = timed_steps(&p);
     for s in ["mount-store", "mount-store-upper", "mount-store-overlay"] {
         assert!(steps.iter().any(|x| x == s), "{s} not timed: {steps:?}");
     }

@@ -52,9 +52,7 @@ fn consecutive_imageless_boots() {
             && o.qemu_clean_exit()
             && o.powered_off
             && o.status.as_ref().is_some_and(|s| s.status() == Status::Ok)
-            && o.probe
-                .as_ref()
-                .is_some_and(|p| p["pid"] == 1 && p["errors"] == serde_json::json!([]));
+            && common::probe(&o).is_some_and(|p| p.pid == Some(1) && p.errors.is_empty());
         if ok {
             to_probe.extend(o.kernel_to_probe());
             initrd_ms.extend(

@@ -1,30 +1,105 @@
-//! Shared by the boot tests of roots, flavours, failures and stress: fake stores holding the
-//! probe, initrds built by mkinitrd (uncompressed, so that tests can append a second newc
-//! segment, which the kernel unpacks over the first: later duplicates win), disk images,
-//! one boot, and the assertions every boot test makes.
+//! The one harness of the QEMU boot tests: prerequisites and static binaries ([`Kit`]),
+//! fake stores holding the probe, initrds built by mkinitrd (uncompressed by default, so
+//! that tests can append a second newc segment, which the kernel unpacks over the first:
+//! later duplicates win), disk images ([`disk`]), the imageless [`fixture`], one way to run
+//! a VM ([`run`]: one timeout, at most [`MAX_VMS`] at once) and the assertions every boot
+//! test makes ([`assert_booted`], [`assert_failed`]).
 // Each test binary uses its own subset.
 #![allow(dead_code)]
 
 pub mod disk;
+pub mod fixture;
 
 use mkinitrd::cpio::ArchiveBuilder;
-use nixboot_launcher::console::{ConsoleFacts, Status};
-use nixboot_launcher::qemu::{self, Outcome};
+use nixboot_launcher::console::{self, ConsoleFacts, Status};
+use nixboot_launcher::qemu::{self, Outcome, VmConfig};
 use nixboot_launcher::Share;
+use nixboot_protocol::console::log_lines;
+use nixboot_protocol::probe::ProbeReport;
+use nixboot_protocol::timings::Timings;
 use nixboot_protocol::InitrdConfig;
 use qemu_tests::artifacts::{self, fake_store_name, Env, StaticBinaries};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-/// Generous: TCG on a loaded 2-core CI machine.
-pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Every boot's bound. Generous: TCG on a loaded 2-core machine.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// A failing boot must end long before [`BOOT_TIMEOUT`]: the init's bounds are seconds.
 pub const FAILURE_BOUND: Duration = Duration::from_secs(60);
-/// What the virtiofs tests load (mkinitrd adds the dependencies).
+/// What the virtiofs tests ask mkinitrd for (it adds the dependencies: [`MODULES`]).
 pub const VIRTIOFS_MODULES: &[&str] = &["virtio_pci", "virtiofs"];
+/// What Debian's 6.1 cloud kernel needs for virtiofs, in load order: [`VIRTIOFS_MODULES`]
+/// with their dependencies.
+pub const MODULES: [&str; 7] = [
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "fuse",
+    "virtiofs",
+];
 /// What block-root tests load (ext4 is built into Debian's cloud kernel).
 pub const BLOCK_MODULES: &[&str] = &["virtio_pci", "virtio_blk"];
+/// At most this many QEMUs of one test process at once, whatever --test-threads says.
+pub const MAX_VMS: usize = 2;
+
+static RUNNING: Mutex<usize> = Mutex::new(0);
+static FREED: Condvar = Condvar::new();
+
+/// A slot for one VM, given back when dropped.
+struct Slot;
+
+impl Slot {
+    fn take() -> Slot {
+        let mut n = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= MAX_VMS {
+            n = FREED.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut n = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        FREED.notify_one();
+    }
+}
+
+/// Runs one VM: waits for a slot, applies [`BOOT_TIMEOUT`] and a quiet console, and says
+/// how it went (the whole console with NIXBOOT_TEST_CONSOLE=1 ... -- --nocapture).
+pub fn run(test: &str, mut cfg: VmConfig) -> Outcome {
+    cfg.timeout = Some(BOOT_TIMEOUT);
+    cfg.quiet = true;
+    let o = {
+        let _slot = Slot::take();
+        qemu::run(&cfg).expect("launcher")
+    };
+    if std::env::var_os("NIXBOOT_TEST_CONSOLE").is_some() {
+        eprintln!("--- {test} console ---\n{}", o.console);
+    }
+    eprintln!(
+        "{test}: accel {}; QEMU ran {:?}; kernel start -> probe result {:?}; status {}",
+        o.accel.accel,
+        o.elapsed,
+        o.kernel_to_probe(),
+        o.status
+            .as_ref()
+            .map_or_else(|| "none".to_string(), |s| s.to_string())
+    );
+    o
+}
+
+/// The kernel modules of the host's test kernel, shared read-only as tag `modules`.
+pub fn modules_share(env: &Env) -> Share {
+    let dir = nixboot_launcher::bootspec::modules_share_dir(&env.modules).unwrap();
+    Share::new("modules", dir).unwrap().readonly()
+}
 
 /// Everything a boot test needs.
 pub struct Kit {
@@ -199,9 +274,9 @@ impl Boot {
     }
 
     /// The kernel modules of the host's test kernel, as tag `modules`.
-    pub fn modules_share(self, env: &Env) -> Boot {
-        let dir = nixboot_launcher::bootspec::modules_share_dir(&env.modules).unwrap();
-        self.share("modules", &dir, true)
+    pub fn modules_share(mut self, env: &Env) -> Boot {
+        self.shares.push(modules_share(env));
+        self
     }
 
     pub fn disk(mut self, image: &Path, readonly: bool) -> Boot {
@@ -247,8 +322,6 @@ pub fn boot(kit: &Kit, initrd: &Path, b: Boot) -> Outcome {
         cmdline.extend(b.init_args);
     }
     let mut cfg = kit.env.vm(initrd, cmdline.join(" "));
-    cfg.timeout = Some(BOOT_TIMEOUT);
-    cfg.quiet = true;
     cfg.shares = b.shares;
     cfg.console_replies = b.replies;
     if let Some(m) = b.memory_mb {
@@ -263,21 +336,7 @@ pub fn boot(kit: &Kit, initrd: &Path, b: Boot) -> Outcome {
             if ro { ",readonly=on" } else { "" }
         ));
     }
-    let o = qemu::run(&cfg).expect("launcher");
-    // For a look at a whole console: NIXBOOT_TEST_CONSOLE=1 cargo test ... -- --nocapture
-    if std::env::var_os("NIXBOOT_TEST_CONSOLE").is_some() {
-        eprintln!("--- {} console ---\n{}", kit.test, o.console);
-    }
-    eprintln!(
-        "{}: accel {}; QEMU ran {:?}; status {}",
-        kit.test,
-        o.accel.accel,
-        o.elapsed,
-        o.status
-            .as_ref()
-            .map_or_else(|| "none".to_string(), |s| s.to_string())
-    );
-    o
+    run(&kit.test, cfg)
 }
 
 /// The console tail and QEMU's stderr, for assertion messages.
@@ -289,8 +348,14 @@ pub fn context(o: &Outcome) -> String {
     )
 }
 
+/// The probe's report, typed (a report that does not parse fails the test).
+pub fn probe(o: &Outcome) -> Option<ProbeReport> {
+    let v = o.probe.as_ref()?;
+    Some(ProbeReport::from_value(v).unwrap_or_else(|e| panic!("probe report: {e}: {v}")))
+}
+
 /// The boot reached the probe with status=ok and powered off cleanly; returns its report.
-pub fn assert_booted(o: &Outcome) -> &serde_json::Value {
+pub fn assert_booted(o: &Outcome) -> ProbeReport {
     let ctx = context(o);
     assert!(!o.timed_out, "timed out{ctx}");
     assert!(!o.panicked, "kernel panic{ctx}");
@@ -300,13 +365,45 @@ pub fn assert_booted(o: &Outcome) -> &serde_json::Value {
     let s = o.status.as_ref().expect("no nixboot-status line");
     assert_eq!(s.status(), Status::Ok, "{s}{ctx}");
     assert_eq!(s.step(), Some("exec"), "{s}");
-    let p = o
-        .probe
-        .as_ref()
-        .unwrap_or_else(|| panic!("no probe result{ctx}"));
-    assert_eq!(p["pid"], 1, "{p}");
-    assert_eq!(p["errors"], serde_json::json!([]), "{p}");
+    let p = probe(o).unwrap_or_else(|| panic!("no probe result{ctx}"));
+    assert_eq!(p.pid, Some(1), "{p}");
+    assert_eq!(p.errors, Vec::<String>::new(), "{p}");
     p
+}
+
+/// `/proc`, `/sys`, `/dev` and `/run` as the init hands them over.
+pub fn assert_special_mounts(p: &ProbeReport) {
+    let want: Vec<(&str, Option<&str>)> = vec![
+        ("/dev", Some("devtmpfs")),
+        ("/proc", Some("proc")),
+        ("/run", Some("tmpfs")),
+        ("/sys", Some("sysfs")),
+    ];
+    let got: Vec<(&str, Option<&str>)> = p
+        .special_mounts
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_deref()))
+        .collect();
+    assert_eq!(got, want, "{p}");
+}
+
+/// The initramfs was freed: at most the (empty) mount point the root was moved from is
+/// left.
+pub fn assert_initramfs_freed(p: &ProbeReport) {
+    assert!(p.initramfs_checked, "{p}");
+    let left = p.initramfs_leftovers.as_ref().expect("leftovers");
+    assert!(left.iter().all(|n| n == "sysroot"), "{p}");
+}
+
+/// The init said it loaded every module of the imageless set.
+pub fn assert_modules_loaded(o: &Outcome) {
+    for m in MODULES {
+        assert!(
+            log_lines(&o.console).any(|l| l.contains("load") && console::has_word(l, m)),
+            "the init did not report loading {m}{}",
+            context(o)
+        );
+    }
 }
 
 /// How a failed boot must end.
@@ -336,7 +433,7 @@ pub fn assert_failed(o: &Outcome, step: &str, error: &str, action: Action) {
     assert_eq!(s.step(), Some(step), "{s}{ctx}");
     let e = s.error().unwrap_or("");
     assert!(e.contains(error), "error {e:?} lacks {error:?}{ctx}");
-    let lines: Vec<&str> = nixboot_protocol::console::log_lines(&o.console)
+    let lines: Vec<&str> = log_lines(&o.console)
         .filter(|l| l.contains(&format!("] {step}: ")))
         .collect();
     assert!(
@@ -363,23 +460,17 @@ pub fn assert_failed(o: &Outcome, step: &str, error: &str, action: Action) {
 /// The init's human lines of one step.
 pub fn step_lines<'a>(o: &'a Outcome, step: &str) -> Vec<&'a str> {
     let tag = format!("] {step}: ");
-    nixboot_protocol::console::log_lines(&o.console)
-        .filter(|l| l.contains(&tag))
-        .collect()
+    log_lines(&o.console).filter(|l| l.contains(&tag)).collect()
 }
 
 /// The probe's `/run/nixboot/timings.json`, parsed.
-pub fn timings(p: &serde_json::Value) -> serde_json::Value {
-    let text = p["timings"].as_str().expect("no timings.json");
-    serde_json::from_str(text).expect("timings.json is JSON")
+pub fn timings(p: &ProbeReport) -> Timings {
+    p.timings()
+        .expect("no timings.json")
+        .expect("timings.json parses")
 }
 
 /// The step names recorded in the timings, in order.
-pub fn timed_steps(p: &serde_json::Value) -> Vec<String> {
-    timings(p)["phases"]
-        .as_array()
-        .expect("phases")
-        .iter()
-        .map(|ph| ph["step"].as_str().unwrap_or("").to_string())
-        .collect()
+pub fn timed_steps(p: &ProbeReport) -> Vec<String> {
+    timings(p).steps().map(str::to_string).collect()
 }
