@@ -1,6 +1,8 @@
-//! The QEMU boot tests' harness: what every boot test needs besides the launcher
+//! What the QEMU boot tests and the benchmark need besides the launcher
 //! (`nixboot-launcher`): the prerequisites (kernel, modules, virtiofsd, QEMU) and the static
-//! guest binaries.
+//! guest binaries. The boot tests' one harness (VM slots, timeout, fixtures, assertions) is
+//! `tests/common`, which builds initrds with the mkinitrd library (a dev-dependency, so the
+//! benchmark does not link mkinitrd).
 //!
 //! - [`artifacts`]: prerequisites, static guest binaries, fake store names.
 
