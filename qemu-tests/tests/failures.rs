@@ -186,8 +186,8 @@ fn module_failing_to_load() {
 }
 
 #[test]
-fn corrupt_nixboot_protocoluration() {
-    let Some(kit) = kit("corrupt_nixboot_protocoluration") else {
+fn corrupt_initrd_configuration() {
+    let Some(kit) = kit("corrupt_initrd_configuration") else {
         return;
     };
     let probe = kit.probe_store("store");
