@@ -6,7 +6,7 @@ use crate::cmdline::{self, describe_timeout};
 use crate::failure::{self, fail, Failure};
 use crate::plan::{self, Plan, Step};
 use crate::report::{self, log, Timings};
-use crate::{devices, modules, mounts, store, switch_root, wait};
+use crate::{block, modules, mounts, nixos, store, switch_root, virtiofs};
 use nixboot_protocol::{InitrdConfig, CONFIG_PATH};
 use std::time::Duration;
 
@@ -151,7 +151,7 @@ pub fn run() -> ! {
 #[derive(Default)]
 struct State {
     /// The device the last block wait found, for the mount after it.
-    found: Option<devices::Found>,
+    found: Option<block::wait::Found>,
 }
 
 /// A missing config is an initrd without modules and default init (fine for kernels with
@@ -266,18 +266,18 @@ fn execute(
             timeout,
             ..
         } => {
-            wait::mount_virtiofs(name, tag, target, *flags, data, *timeout, opts.debug)?;
+            virtiofs::mount_virtiofs(name, tag, target, *flags, data, *timeout, opts.debug)?;
             Ok(format!(
                 "virtiofs tag {tag} on {target} ({})",
                 plan::options(*flags, data)
             ))
         }
         Step::WaitBlock { spec, timeout, .. } => {
-            let found = devices::wait_block(name, spec, *timeout, opts.debug)?;
+            let found = block::wait::wait_block(name, spec, *timeout, opts.debug)?;
             let msg = format!(
                 "{} is {}",
                 cmdline::Root::Block(spec.clone()),
-                crate::blockdev::describe(&found.candidate)
+                block::probe::describe(&found.candidate)
             );
             state.found = Some(found);
             Ok(msg)
@@ -295,7 +295,7 @@ fn execute(
                         .check("this is a bug in nixboot's init; please report it"),
                 );
             };
-            let fstype = devices::mount_block(name, found, target, fstypes, *flags, data)?;
+            let fstype = block::mount::mount_block(name, found, target, fstypes, *flags, data)?;
             Ok(format!(
                 "{} on {target} type {fstype} ({})",
                 found.node,
@@ -350,7 +350,7 @@ fn execute(
             Ok(format!("{target} remounted read-only"))
         }
         Step::CheckInit { new_root, path } => {
-            let notes = switch_root::check_init(name, new_root, path)?;
+            let notes = nixos::check_init::check_init(name, new_root, path)?;
             for n in notes {
                 log(name, &n);
             }
@@ -360,7 +360,7 @@ fn execute(
             switch_root::move_special_mounts(name, new_root, mounts)?;
             Ok(format!("{} moved to {new_root}", mounts.join(" ")))
         }
-        Step::PrepareRoot { new_root, init } => switch_root::prepare_root(name, new_root, init),
+        Step::PrepareRoot { new_root, init } => nixos::prepare(name, new_root, init),
         Step::SwitchRoot { new_root } => {
             switch_root::switch_root(name, new_root)?;
             Ok(format!("{new_root} is now /"))

@@ -50,8 +50,6 @@ pub const NEW_ROOT: &str = "/sysroot";
 pub const TIMINGS_PATH: &str = "/run/nixboot/timings.json";
 /// Environment of the next init (see the module documentation).
 pub const NEXT_INIT_ENV: &[(&str, &str)] = &[("HOME", "/"), ("TERM", "linux")];
-/// What NixOS's systemd initrd sets for prepare-root (boot/systemd/initrd.nix).
-pub const PREPARE_ROOT_ENV: (&str, &str) = ("IN_NIXOS_SYSTEMD_STAGE1", "true");
 /// Mount points of a store overlay, NixOS's names (installer ISO, netboot).
 pub const STORE_LOWER: &str = "/nix/.ro-store";
 pub const STORE_UPPER: &str = "/nix/.rw-store";
@@ -665,17 +663,6 @@ pub fn build(opts: &Options, config: &InitrdConfig) -> Result<Plan, PlanError> {
     })
 }
 
-/// The directory of the closure whose `init` is `init_in_root` (a path in the new root,
-/// symlinks resolved), and where its `prepare-root` would be: NixOS's systemd initrd takes
-/// `dirname(realpath(init=))` as the closure.
-pub fn prepare_root_path(init_resolved: &str) -> String {
-    let dir = match init_resolved.rfind('/') {
-        Some(0) | None => "",
-        Some(i) => &init_resolved[..i],
-    };
-    format!("{dir}/prepare-root")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1147,16 +1134,6 @@ mod tests {
             ),
             "ro,noatime,x=1"
         );
-    }
-
-    #[test]
-    fn prepare_root_sits_beside_the_resolved_init() {
-        assert_eq!(
-            prepare_root_path("/nix/store/abc-nixos-system-x/init"),
-            "/nix/store/abc-nixos-system-x/prepare-root"
-        );
-        assert_eq!(prepare_root_path("/init"), "/prepare-root");
-        assert_eq!(prepare_root_path("init"), "/prepare-root");
     }
 
     #[test]
