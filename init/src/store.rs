@@ -6,6 +6,7 @@
 //! mtimes and symlinks are preserved (Nix tooling expects the store's mtime 1, for one).
 
 use crate::failure::Failure;
+use crate::plan::step::copy_text;
 use crate::report::errno;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
@@ -21,6 +22,54 @@ pub struct Copied {
     pub bytes: u64,
     /// Device nodes, fifos, sockets: never in a Nix store; left behind, counted.
     pub skipped: u64,
+}
+
+/// The copy-store step: the embedded store into the new root; `Ok` is the log line.
+pub fn copy_store(
+    step: &'static str,
+    from: &str,
+    to: &str,
+    tmpfs_size: &str,
+) -> Result<String, Failure> {
+    let c = copy_embedded(step, from, to, tmpfs_size)?;
+    let mut msg = format!(
+        "{}: {} files, {} symlinks, {} directories, {:.1} MiB",
+        copy_text(from, to),
+        c.files,
+        c.symlinks,
+        c.dirs,
+        c.bytes as f64 / (1024.0 * 1024.0)
+    );
+    if c.skipped > 0 {
+        msg.push_str(&format!(
+            "; {} special files left behind (not expected in a store)",
+            c.skipped
+        ));
+    }
+    Ok(msg)
+}
+
+/// The carry step: files carried into the initramfs (kexec), when there are any, into the
+/// new root's /run; `Ok` is the log line.
+pub fn carry(
+    step: &'static str,
+    from: &str,
+    to: &str,
+    tmpfs_size: &str,
+) -> Result<String, Failure> {
+    if rustix::fs::access(from, rustix::fs::Access::EXISTS).is_err() {
+        return Ok("nothing carried".into());
+    }
+    let c = copy_embedded(step, from, to, tmpfs_size)?;
+    // Host keys among them: readable by root only, whatever the archive said.
+    rustix::fs::chmod(to, Mode::from_raw_mode(0o700))
+        .map_err(|e| Failure::new(step, format!("chmod 0700 {to}: {}", errno(e))))?;
+    Ok(format!(
+        "{}: {} files, {} symlinks",
+        copy_text(from, to),
+        c.files,
+        c.symlinks
+    ))
 }
 
 /// Why the copy stopped: the path (relative to the store) and the error.

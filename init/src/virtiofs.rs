@@ -5,10 +5,10 @@
 
 use crate::failure::Failure;
 use crate::mounts;
-use crate::plan::Flags;
 use crate::report::{self, errno};
 use crate::wait::{poll, Try, WaitError};
 use rustix::io::Errno;
+use rustix::mount::MountFlags;
 use std::time::{Duration, Instant};
 
 /// virtiofs tags the kernel lists (`/sys/fs/virtiofs/*/tag`, kernels since 2024); `None`
@@ -58,7 +58,7 @@ pub fn mount_virtiofs(
     step: &'static str,
     tag: &str,
     target: &str,
-    flags: Flags,
+    flags: MountFlags,
     data: &str,
     bound: Duration,
     debug: bool,
@@ -87,7 +87,7 @@ struct Share<'a> {
     step: &'static str,
     tag: &'a str,
     target: &'a str,
-    flags: Flags,
+    flags: MountFlags,
     data: &'a str,
     bound: Duration,
     debug: bool,

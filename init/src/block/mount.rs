@@ -6,9 +6,9 @@ use super::read_node;
 use super::wait::Found;
 use crate::failure::Failure;
 use crate::mounts;
-use crate::plan::Flags;
 use crate::report::errno;
 use rustix::io::Errno;
+use rustix::mount::MountFlags;
 
 /// Mounts the device a wait found; returns the filesystem type used.
 pub fn mount_block(
@@ -16,7 +16,7 @@ pub fn mount_block(
     found: &Found,
     target: &str,
     fstypes: &[String],
-    flags: Flags,
+    flags: MountFlags,
     data: &str,
 ) -> Result<String, Failure> {
     let node = &found.node;
