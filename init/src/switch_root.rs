@@ -16,7 +16,7 @@ use std::os::unix::process::CommandExt;
 const RAMFS_MAGIC: u64 = 0x8584_58f6;
 const TMPFS_MAGIC: u64 = 0x0102_1994;
 
-/// Moves /dev, /proc, /sys, /run into the new root (they stay mounted: see plan.rs).
+/// Moves /dev, /proc, /sys, /run into the new root (they stay mounted: see plan/mod.rs).
 pub fn move_special_mounts(
     step: &'static str,
     new_root: &str,
