@@ -1,12 +1,17 @@
 //! The boot, executed: early mounts, console, command line, config, plan, then the plan
 //! step by step, then exec of the next init. Any error goes to the failure policy
 //! (failure.rs). Never returns.
+//!
+//! Each step runs as one or more phases ([`Boot::phase`]): the phase names the step for
+//! the failure policy, is timed, and logs what it did. The executors below only call the
+//! phase's module and say what it did.
 
-use crate::cmdline::{self, describe_timeout};
+use crate::cmdline::{self, describe_timeout, Options};
 use crate::failure::{self, fail, Failure};
+use crate::plan::step::{mount_text, overlay_text, virtiofs_text};
 use crate::plan::{self, Plan, Step};
 use crate::report::{self, log, Timings};
-use crate::{devices, modules, mounts, store, switch_root, wait};
+use crate::{block, modules, mounts, nixos, store, switch_root, virtiofs};
 use nixboot_protocol::{InitrdConfig, CONFIG_PATH};
 use std::time::Duration;
 
@@ -26,9 +31,33 @@ pub fn run() -> ! {
     failure::install_panic_hook();
     let init_start = report::now();
     let mut timings = Timings::new(init_start);
+    let (console, early_done) = early_mounts(&mut timings, init_start);
+    let (opts, raw) = read_cmdline(&mut timings);
+    announce(&opts, &raw, console, early_done.saturating_sub(init_start));
 
-    // Early mounts: a fixed table, before the console (it needs devtmpfs) and before the
-    // command line (it lives in /proc).
+    failure::set_step("config");
+    let t = report::now();
+    let config = read_config();
+    timings.record("config", t, report::now());
+
+    let plan = make_plan(&opts, &config);
+    let mut boot = Boot {
+        opts: &opts,
+        timings,
+    };
+    for step in &plan.steps {
+        boot.execute(step);
+    }
+    exec(&plan.exec, &boot.timings)
+}
+
+/// The fixed early table, before the console (it needs devtmpfs) and before the command
+/// line (it lives in /proc). Returns whether the console had to be opened, and when the
+/// phase ended.
+fn early_mounts(
+    timings: &mut Timings,
+    init_start: Duration,
+) -> (rustix::io::Result<bool>, Duration) {
     failure::set_step("early-mounts");
     let mut early_failure = None;
     for m in plan::EARLY_MOUNTS {
@@ -49,22 +78,29 @@ pub fn run() -> ! {
     if let Some(f) = early_failure {
         fail(f)
     }
+    (console, end)
+}
 
-    // The command line comes before the first informational line: it says whether to be quiet.
+/// The command line comes before the first informational line: it says whether to be quiet.
+fn read_cmdline(timings: &mut Timings) -> (Options, String) {
     failure::set_step("cmdline");
     let t = report::now();
     let raw = match std::fs::read("/proc/cmdline") {
-        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Ok(b) => String::from_utf8_lossy(&b).trim_end().to_string(),
         Err(e) => fail(Failure::new(
             "cmdline",
             format!("cannot read /proc/cmdline: {e}"),
         )),
     };
-    let opts = cmdline::parse(raw.trim_end());
+    let opts = cmdline::parse(&raw);
     failure::set_action(opts.emergency);
     report::set_quiet(opts.quiet && !opts.debug);
     timings.record("cmdline", t, report::now());
+    (opts, raw)
+}
 
+/// The first lines: version, console, early mounts, the command line's warnings.
+fn announce(opts: &Options, raw: &str, console: rustix::io::Result<bool>, early: Duration) {
     log(
         "init",
         &format!("nixboot init {} starting", env!("CARGO_PKG_VERSION")),
@@ -84,29 +120,25 @@ pub fn run() -> ! {
         "early-mounts",
         &format!(
             "devtmpfs /dev, proc /proc, sysfs /sys, tmpfs /run ({})",
-            ms(end.saturating_sub(init_start))
+            ms(early)
         ),
     );
     if opts.debug {
-        log("cmdline", raw.trim_end());
+        log("cmdline", raw);
     }
     for w in &opts.warnings {
         report::notice("cmdline", &format!("WARNING: {w}"));
     }
+}
 
-    failure::set_step("config");
-    let t = report::now();
-    let config = read_config();
-    timings.record("config", t, report::now());
-
+fn make_plan(opts: &Options, config: &InitrdConfig) -> Plan {
     failure::set_step("plan");
-    let plan = plan::build(&opts, &config)
+    let plan = plan::build(opts, config)
         .unwrap_or_else(|e| fail(Failure::new("plan", e.error).check(e.check)));
     for n in &plan.notes {
         log("plan", n);
     }
-    log_plan(&plan, &opts);
-
+    log_plan(&plan, opts);
     if plan
         .steps
         .iter()
@@ -114,44 +146,22 @@ pub fn run() -> ! {
     {
         modules::check_kernel_version(config.kernel_version.as_deref());
     }
+    plan
+}
 
-    let mut state = State::default();
-    for step in &plan.steps {
-        let name = step.name();
-        failure::set_step(name);
-        let t = report::now();
-        let done = execute(step, &opts, &mut state, &mut timings).unwrap_or_else(|f| fail(f));
-        let end = report::now();
-        let phase = match step {
-            Step::LoadModule { name: m, .. } => format!("{name} {m}"),
-            _ => name.to_string(),
-        };
-        // The timings file is written inside its own step; its time goes to the log only.
-        if !matches!(step, Step::WriteTimings { .. }) {
-            timings.record(phase, t, end);
-        }
-        log(name, &format!("{done} ({})", ms(end.saturating_sub(t))));
-    }
-
+/// The status line, then the next init. Only returns when execve failed: a failed status
+/// line follows the ok line, and the last status line is the one that counts
+/// (docs/contracts-internal.md).
+fn exec(exec: &plan::Exec, timings: &Timings) -> ! {
     failure::set_step("exec");
     let now = report::now();
-    let exec = &plan.exec;
     log("timings", &timings.summary(now));
     log(
         "exec",
         &format!("{} args {:?}", exec.path, exec.argv.get(1..).unwrap_or(&[])),
     );
     report::write_console(report::status_ok(&exec.path, timings.elapsed_ms(now)).as_bytes());
-    // Only returns when execve failed: a failed status line follows the ok line, and the
-    // last status line is the one that counts (docs/contracts-internal.md).
     fail(switch_root::exec("exec", exec))
-}
-
-/// What one step hands to a later one.
-#[derive(Default)]
-struct State {
-    /// The device the last block wait found, for the mount after it.
-    found: Option<devices::Found>,
 }
 
 /// A missing config is an initrd without modules and default init (fine for kernels with
@@ -179,7 +189,7 @@ fn read_config() -> InitrdConfig {
     }
 }
 
-fn log_plan(plan: &Plan, opts: &cmdline::Options) {
+fn log_plan(plan: &Plan, opts: &Options) {
     let modules = plan
         .steps
         .iter()
@@ -211,11 +221,9 @@ fn log_plan(plan: &Plan, opts: &cmdline::Options) {
         ),
     );
     if opts.debug {
-        for (i, s) in plan.steps.iter().enumerate() {
-            log(
-                "plan",
-                &format!("{:2}. {}: {}", i + 1, s.name(), s.describe()),
-            );
+        let phases = plan.steps.iter().flat_map(Step::phases);
+        for (i, (name, text)) in phases.enumerate() {
+            log("plan", &format!("{:2}. {name}: {text}", i + 1));
         }
         log(
             "plan",
@@ -227,145 +235,174 @@ fn log_plan(plan: &Plan, opts: &cmdline::Options) {
     }
 }
 
-/// Runs one step; `Ok` is the message logged for it.
-fn execute(
-    step: &Step,
-    opts: &cmdline::Options,
-    state: &mut State,
-    timings: &mut Timings,
-) -> Result<String, Failure> {
-    let name = step.name();
-    match step {
-        Step::LoadModule {
-            name: m,
-            path,
-            params,
-        } => Ok(match modules::load(m, path, params)? {
-            modules::Loaded::Now => format!("{m} loaded"),
-            modules::Loaded::Already => format!("{m} already loaded (built in?)"),
-        }),
-        Step::Mount {
-            source,
-            target,
-            fstype,
-            flags,
-            data,
-            ..
-        } => {
-            mounts::mount_step(name, source, target, fstype, *flags, data)?;
-            Ok(format!(
-                "{source} on {target} type {fstype} ({})",
-                plan::options(*flags, data)
-            ))
+/// The plan being executed: the options the executors need and the timings so far.
+struct Boot<'a> {
+    opts: &'a Options,
+    timings: Timings,
+}
+
+/// How a phase's time is kept.
+enum Timed {
+    /// Under the phase's name.
+    AsNamed,
+    /// Under another label (`load-module virtio_blk`).
+    As(String),
+    /// The log only (the timings file is written inside its own phase).
+    LogOnly,
+}
+
+impl Boot<'_> {
+    /// Runs one phase: names it for the failure policy (a failure never returns), times
+    /// it, logs what it did with its time. Returns the phase's value.
+    fn phase<T>(
+        &mut self,
+        name: &'static str,
+        timed: Timed,
+        run: impl FnOnce(&Timings) -> Result<(T, String), Failure>,
+    ) -> T {
+        failure::set_step(name);
+        let t = report::now();
+        let (value, done) = run(&self.timings).unwrap_or_else(|f| fail(f));
+        let end = report::now();
+        match timed {
+            Timed::AsNamed => self.timings.record(name, t, end),
+            Timed::As(label) => self.timings.record(label, t, end),
+            Timed::LogOnly => {}
         }
-        Step::MountVirtiofs {
-            tag,
-            target,
-            flags,
-            data,
+        log(name, &format!("{done} ({})", ms(end.saturating_sub(t))));
+        value
+    }
+
+    /// A phase with nothing to hand on, timed under its name.
+    fn simple(&mut self, name: &'static str, run: impl FnOnce() -> Result<String, Failure>) {
+        self.phase(name, Timed::AsNamed, |_| run().map(|done| ((), done)))
+    }
+
+    /// One step: each arm calls its phase's module and says what it did.
+    fn execute(&mut self, step: &Step) {
+        let name = step.name();
+        let (debug, tmpfs_size) = (self.opts.debug, self.opts.tmpfs_size.as_str());
+        match step {
+            Step::LoadModule {
+                name: m,
+                path,
+                params,
+            } => self.phase(name, Timed::As(format!("{name} {m}")), |_| {
+                Ok(((), modules::load_step(m, path, params)?))
+            }),
+            Step::Mount {
+                source,
+                target,
+                fstype,
+                flags,
+                data,
+                ..
+            } => self.simple(name, || {
+                mounts::mount_step(name, source, target, fstype, *flags, data)?;
+                Ok(mount_text(source, target, fstype, *flags, data))
+            }),
+            Step::MountVirtiofs {
+                tag,
+                target,
+                flags,
+                data,
+                timeout,
+                ..
+            } => self.simple(name, || {
+                virtiofs::mount_virtiofs(name, tag, target, *flags, data, *timeout, debug)?;
+                Ok(virtiofs_text(tag, target, *flags, data))
+            }),
+            Step::MountBlock { .. } => self.mount_block(step),
+            Step::CarryFiles { from, to } => {
+                self.simple(name, || store::carry(name, from, to, tmpfs_size))
+            }
+            Step::CopyEmbeddedStore { from, to } => {
+                self.simple(name, || store::copy_store(name, from, to, tmpfs_size))
+            }
+            Step::MountOverlay {
+                target,
+                lower,
+                upper,
+                work,
+                ..
+            } => self.simple(name, || {
+                mounts::mount_overlay(name, target, lower, upper, work)?;
+                Ok(overlay_text(target, lower, upper, None))
+            }),
+            Step::RemountReadOnly { .. }
+            | Step::CheckInit { .. }
+            | Step::MoveSpecialMounts { .. }
+            | Step::PrepareRoot { .. }
+            | Step::SwitchRoot { .. }
+            | Step::WriteTimings { .. } => self.execute_switch(step),
+        }
+    }
+
+    /// The steps from check-init on.
+    fn execute_switch(&mut self, step: &Step) {
+        let name = step.name();
+        match step {
+            Step::RemountReadOnly { target } => self.simple(name, || {
+                mounts::remount_read_only(name, target)?;
+                Ok(format!("{target} remounted read-only"))
+            }),
+            Step::CheckInit { new_root, path } => self.simple(name, || {
+                for n in nixos::check_init::check_init(name, new_root, path)? {
+                    log(name, &n);
+                }
+                Ok(format!("{path} is there"))
+            }),
+            Step::MoveSpecialMounts { new_root, mounts } => self.simple(name, || {
+                switch_root::move_special_mounts(name, new_root, mounts)?;
+                Ok(format!("{} moved to {new_root}", mounts.join(" ")))
+            }),
+            Step::PrepareRoot { new_root, init } => {
+                self.simple(name, || nixos::prepare(name, new_root, init))
+            }
+            Step::SwitchRoot { new_root } => self.simple(name, || {
+                switch_root::switch_root(name, new_root)?;
+                Ok(format!("{new_root} is now /"))
+            }),
+            Step::WriteTimings { path } => self.phase(name, Timed::LogOnly, |timings| {
+                Ok(((), write_timings(path, timings)))
+            }),
+            // The others are `execute`'s, which matches every step.
+            _ => {}
+        }
+    }
+
+    /// A block device: the wait and the mount, two phases timed apart; the device found is
+    /// handed from one to the other as a value.
+    fn mount_block(&mut self, step: &Step) {
+        let Step::MountBlock {
+            role,
+            spec,
             timeout,
-            ..
-        } => {
-            wait::mount_virtiofs(name, tag, target, *flags, data, *timeout, opts.debug)?;
-            Ok(format!(
-                "virtiofs tag {tag} on {target} ({})",
-                plan::options(*flags, data)
-            ))
-        }
-        Step::WaitBlock { spec, timeout, .. } => {
-            let found = devices::wait_block(name, spec, *timeout, opts.debug)?;
-            let msg = format!(
-                "{} is {}",
-                cmdline::Root::Block(spec.clone()),
-                crate::blockdev::describe(&found.candidate)
-            );
-            state.found = Some(found);
-            Ok(msg)
-        }
-        Step::MountBlock {
             target,
             fstypes,
             flags,
             data,
-            ..
-        } => {
-            let Some(found) = state.found.as_ref() else {
-                return Err(
-                    Failure::new(name, "internal error: no device was waited for")
-                        .check("this is a bug in nixboot's init; please report it"),
-                );
-            };
-            let fstype = devices::mount_block(name, found, target, fstypes, *flags, data)?;
-            Ok(format!(
-                "{} on {target} type {fstype} ({})",
-                found.node,
-                plan::options(*flags, data)
-            ))
-        }
-        Step::CarryFiles { from, to } => {
-            if rustix::fs::access(from.as_str(), rustix::fs::Access::EXISTS).is_err() {
-                return Ok("nothing carried".into());
-            }
-            let c = store::copy_embedded(name, from, to, &opts.tmpfs_size)?;
-            // Host keys among them: readable by root only, whatever the archive said.
-            rustix::fs::chmod(to.as_str(), rustix::fs::Mode::from_raw_mode(0o700)).map_err(
-                |e| Failure::new(name, format!("chmod 0700 {to}: {}", report::errno(e))),
-            )?;
-            Ok(format!(
-                "{from} -> {to}: {} files, {} symlinks",
-                c.files, c.symlinks
-            ))
-        }
-        Step::CopyEmbeddedStore { from, to } => {
-            let c = store::copy_embedded(name, from, to, &opts.tmpfs_size)?;
-            let mut msg = format!(
-                "{from} -> {to}: {} files, {} symlinks, {} directories, {:.1} MiB",
-                c.files,
-                c.symlinks,
-                c.dirs,
-                c.bytes as f64 / (1024.0 * 1024.0)
+        } = step
+        else {
+            // Only called for a block mount.
+            return;
+        };
+        let debug = self.opts.debug;
+        let wait = role.wait_name();
+        let found = self.phase(wait, Timed::AsNamed, |_| {
+            let found = block::wait::wait_block(wait, spec, *timeout, debug)?;
+            let done = format!(
+                "{} is {}",
+                cmdline::Root::Block(spec.clone()),
+                block::probe::describe(&found.candidate)
             );
-            if c.skipped > 0 {
-                msg.push_str(&format!(
-                    "; {} special files left behind (not expected in a store)",
-                    c.skipped
-                ));
-            }
-            Ok(msg)
-        }
-        Step::MountOverlay {
-            target,
-            lower,
-            upper,
-            work,
-            ..
-        } => {
-            mounts::mount_overlay(name, target, lower, upper, work)?;
-            Ok(format!(
-                "overlay on {target} (lower {lower}, upper {upper})"
-            ))
-        }
-        Step::RemountReadOnly { target } => {
-            mounts::remount_read_only(name, target)?;
-            Ok(format!("{target} remounted read-only"))
-        }
-        Step::CheckInit { new_root, path } => {
-            let notes = switch_root::check_init(name, new_root, path)?;
-            for n in notes {
-                log(name, &n);
-            }
-            Ok(format!("{path} is there"))
-        }
-        Step::MoveSpecialMounts { new_root, mounts } => {
-            switch_root::move_special_mounts(name, new_root, mounts)?;
-            Ok(format!("{} moved to {new_root}", mounts.join(" ")))
-        }
-        Step::PrepareRoot { new_root, init } => switch_root::prepare_root(name, new_root, init),
-        Step::SwitchRoot { new_root } => {
-            switch_root::switch_root(name, new_root)?;
-            Ok(format!("{new_root} is now /"))
-        }
-        Step::WriteTimings { path } => Ok(write_timings(path, timings)),
+            Ok((found, done))
+        });
+        let mount = role.step_name();
+        self.simple(mount, || {
+            let fstype = block::mount::mount_block(mount, &found, target, fstypes, *flags, data)?;
+            Ok(mount_text(&found.node, target, &fstype, *flags, data))
+        })
     }
 }
 

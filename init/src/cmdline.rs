@@ -262,7 +262,12 @@ fn apply(o: &mut Options, key: &str, value: Option<&str>) {
 
 /// Applies one parameter; `Err` is the warning for a malformed value of one of our keys.
 fn apply_one(o: &mut Options, key: &str, value: Option<&str>) -> Result<(), String> {
-    let shown = value.unwrap_or("");
+    if key.starts_with("rd.") {
+        return apply_dracut(o, key, value);
+    }
+    if key.starts_with("nixboot.") {
+        return apply_nixboot(o, key, value);
+    }
     match key {
         "init" => match value {
             Some(v) if v.starts_with('/') => o.init = Some(v.to_string()),
@@ -295,6 +300,16 @@ fn apply_one(o: &mut Options, key: &str, value: Option<&str>) -> Result<(), Stri
             None => o.read_only = Some(key == "ro"),
             Some(v) => return Err(format!("takes no value (got {v:?}), ignored")),
         },
+        // Not ours: the kernel's, or the next init's.
+        _ => {}
+    }
+    Ok(())
+}
+
+/// dracut's `rd.` keys that we honour; the others are not ours.
+fn apply_dracut(o: &mut Options, key: &str, value: Option<&str>) -> Result<(), String> {
+    let shown = value.unwrap_or("");
+    match key {
         // dracut: 0 means wait forever.
         "rd.timeout" => match shown.parse::<u64>() {
             Ok(0) => o.timeout = Duration::MAX,
@@ -331,6 +346,19 @@ fn apply_one(o: &mut Options, key: &str, value: Option<&str>) -> Result<(), Stri
             ),
             _ => return Err("needs module names (rd.driver.blacklist=a,b), ignored".into()),
         },
+        "rd.debug" => match parse_bool(value) {
+            Some(b) => o.debug = b,
+            None => return Err(format!("{shown:?} is not a boolean, ignored")),
+        },
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Our own `nixboot.` keys.
+fn apply_nixboot(o: &mut Options, key: &str, value: Option<&str>) -> Result<(), String> {
+    let shown = value.unwrap_or("");
+    match key {
         "nixboot.store" => o.store = parse_share(value)?,
         "nixboot.modules" => o.modules = parse_share(value)?,
         "nixboot.store_overlay" => match parse_bool(value) {
@@ -346,19 +374,17 @@ fn apply_one(o: &mut Options, key: &str, value: Option<&str>) -> Result<(), Stri
                 ))
             }
         },
-        "rd.debug" | "nixboot.debug" => match parse_bool(value) {
+        "nixboot.debug" => match parse_bool(value) {
             Some(b) => o.debug = b,
             None => return Err(format!("{shown:?} is not a boolean, ignored")),
         },
         // Our namespace: a typo here would otherwise go unnoticed.
-        k if k.starts_with("nixboot.") => {
+        _ => {
             return Err(format!(
                 "unknown option (known: {}), ignored",
                 NIXBOOT_KEYS.join(", ")
             ))
         }
-        // Not ours: the kernel's, or the next init's.
-        _ => {}
     }
     Ok(())
 }

@@ -34,6 +34,14 @@ pub fn check_kernel_version(expected: Option<&str>) {
     }
 }
 
+/// The load-module step; `Ok` is the line for the log.
+pub fn load_step(name: &str, path: &str, params: &str) -> Result<String, Failure> {
+    Ok(match load(name, path, params)? {
+        Loaded::Now => format!("{name} loaded"),
+        Loaded::Already => format!("{name} already loaded (built in?)"),
+    })
+}
+
 /// Loads one module.
 pub fn load(name: &str, path: &str, params: &str) -> Result<Loaded, Failure> {
     // Every check ends with the way around a module the boot may not need.

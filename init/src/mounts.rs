@@ -2,7 +2,7 @@
 //! the `mount` command a user would type to try it by hand.
 
 use crate::failure::Failure;
-use crate::plan::{options, Flags};
+use crate::plan::options;
 use crate::report::errno;
 use rustix::io::Errno;
 use rustix::mount::MountFlags;
@@ -22,26 +22,8 @@ pub fn mkdir_p(path: &str) -> Result<(), (String, Errno)> {
     Ok(())
 }
 
-fn mount_flags(f: Flags) -> MountFlags {
-    let mut m = MountFlags::empty();
-    for (set, flag) in [
-        (f.read_only, MountFlags::RDONLY),
-        (f.nosuid, MountFlags::NOSUID),
-        (f.nodev, MountFlags::NODEV),
-        (f.noexec, MountFlags::NOEXEC),
-        (f.noatime, MountFlags::NOATIME),
-        (f.nodiratime, MountFlags::NODIRATIME),
-        (f.strictatime, MountFlags::STRICTATIME),
-    ] {
-        if set {
-            m |= flag;
-        }
-    }
-    m
-}
-
 /// The mount as a command line, for messages.
-pub fn command(source: &str, target: &str, fstype: &str, flags: Flags, data: &str) -> String {
+pub fn command(source: &str, target: &str, fstype: &str, flags: MountFlags, data: &str) -> String {
     format!(
         "mount -t {fstype} -o {} {source} {target}",
         options(flags, data)
@@ -53,7 +35,7 @@ pub fn mount(
     source: &str,
     target: &str,
     fstype: &str,
-    flags: Flags,
+    flags: MountFlags,
     data: &str,
 ) -> Result<(), Errno> {
     // A NUL inside an option string cannot be passed to the kernel.
@@ -63,7 +45,7 @@ pub fn mount(
     } else {
         Some(data.as_c_str())
     };
-    rustix::mount::mount(source, target, fstype, mount_flags(flags), data)
+    rustix::mount::mount(source, target, fstype, flags, data)
 }
 
 /// Creates the target and mounts; the error is a full [`Failure`] for `step`.
@@ -72,7 +54,7 @@ pub fn mount_step(
     source: &str,
     target: &str,
     fstype: &str,
-    flags: Flags,
+    flags: MountFlags,
     data: &str,
 ) -> Result<(), Failure> {
     let cmd = command(source, target, fstype, flags, data);
@@ -142,5 +124,12 @@ pub fn mount_overlay(
         }
     }
     let data = format!("lowerdir={lower},upperdir={upper},workdir={work}");
-    mount_step(step, "overlay", target, "overlay", Flags::NONE, &data)
+    mount_step(
+        step,
+        "overlay",
+        target,
+        "overlay",
+        MountFlags::empty(),
+        &data,
+    )
 }

@@ -36,12 +36,12 @@ fuzz_target!(|data: &[u8]| {
         let moved = at(|s| matches!(s, Step::MoveSpecialMounts { .. }));
         let prepare = at(|s| matches!(s, Step::PrepareRoot { .. }));
         assert!(check < moved && moved < prepare);
-        // A block mount always follows its wait.
-        for (i, s) in p.steps.iter().enumerate() {
-            if matches!(s, Step::MountBlock { .. }) {
-                assert!(i > 0 && matches!(p.steps[i - 1], Step::WaitBlock { .. }));
-            }
-            let _ = s.describe();
+        // A block mount is its wait and its mount, one step; every other step is one phase.
+        for s in &p.steps {
+            let phases = s.phases();
+            let block = matches!(s, Step::MountBlock { .. });
+            assert_eq!(phases.len(), if block { 2 } else { 1 });
+            assert_eq!(phases[0].0, s.name());
         }
     }
 });

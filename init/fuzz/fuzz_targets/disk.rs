@@ -3,7 +3,7 @@
 //! inputs reach btrfs's superblock at 64 KiB.
 #![no_main]
 
-use init::blockdev::{self, slice_reader};
+use init::block::probe::{self as blockdev, slice_reader};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,16 +1,13 @@
-//! Block roots: a bounded wait for the device `root=` names (scanning /sys/class/block and
-//! reading superblocks and partition tables ourselves; there is no udev here), then the
-//! mount, with the filesystem type from `rootfstype=` or the superblock.
+//! The bounded wait for the block device `root=` names: scanning /sys/class/block and
+//! reading superblocks and partition tables ourselves (there is no udev here).
 
-use crate::blockdev::{self, Candidate, FsInfo, Needs, PartTable};
+use super::probe::{self as blockdev, Candidate, FsInfo, Needs, PartTable};
+use super::read_node;
 use crate::cmdline::{describe_timeout, BlockSpec, Root};
 use crate::failure::Failure;
-use crate::mounts;
-use crate::plan::Flags;
-use crate::report::{self, errno};
+use crate::report;
 use crate::wait::{poll, Try, WaitError};
-use rustix::fs::{FileType, Mode, OFlags};
-use rustix::io::Errno;
+use rustix::fs::FileType;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -22,25 +19,6 @@ pub struct Found {
     /// `/dev/vda1`.
     pub node: String,
     pub candidate: Candidate,
-}
-
-/// A reader of `len` bytes at `offset` of a device node (`None` if short or unreadable);
-/// `None` when the node cannot be opened (yet): nothing is learnt, so nothing is cached.
-fn read_node(node: &str) -> Option<impl FnMut(u64, usize) -> Option<Vec<u8>>> {
-    let fd = rustix::fs::open(node, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
-    Some(move |offset: u64, len: usize| {
-        let mut buf = vec![0u8; len];
-        let mut got = 0;
-        while got < len {
-            match rustix::io::pread(&fd, &mut buf[got..], offset.checked_add(got as u64)?) {
-                Ok(0) => return None,
-                Ok(n) => got += n,
-                Err(Errno::INTR) => {}
-                Err(_) => return None,
-            }
-        }
-        Some(buf)
-    })
 }
 
 fn read_sys(name: &str, file: &str) -> Option<String> {
@@ -222,127 +200,47 @@ pub fn wait_block(
                 error: last,
                 attempts,
             },
-        ) => {
-            let what = match spec {
-                BlockSpec::Label(_) | BlockSpec::Uuid(_) => {
-                    "LABEL and UUID are read from each filesystem's superblock (blkid on the \
-                     host shows them; labels are case-sensitive)"
-                }
-                BlockSpec::PartUuid(_) | BlockSpec::PartLabel(_) => {
-                    "PARTUUID and PARTLABEL are read from the disk's GPT (or MBR signature: \
-                     PARTUUID=SSSSSSSS-NN); blkid on the host shows them"
-                }
-                _ => "the device name is the kernel's (vda1, sda2, nvme0n1p1)",
-            };
-            Err(Failure::new(
-                step,
-                format!(
-                    "no block device {shown} appeared within {}",
-                    describe_timeout(bound)
-                ),
-            )
-            .tried(format!(
-                "scanned {SYS_BLOCK} {attempts} times over {:.1}s\nblock devices present: {}",
-                start.elapsed().as_secs_f64(),
-                list(&last)
-            ))
-            .check(format!(
-                "is the disk attached (QEMU: -drive if=virtio,...)? is its driver (virtio_blk, \
-                 nvme, ahci+sd_mod, ...) in the initrd (mkinitrd --module) and loaded above? \
-                 {what}; rd.timeout= sets the bound"
-            )))
-        }
+        ) => Err(timed_out(step, spec, bound, start, attempts, &last)),
     }
 }
 
-/// Mounts the device found by [`wait_block`]; returns the filesystem type used.
-pub fn mount_block(
+/// The timeout failure: what was scanned, what was there, what to check for this kind of
+/// name.
+fn timed_out(
     step: &'static str,
-    found: &Found,
-    target: &str,
-    fstypes: &[String],
-    flags: Flags,
-    data: &str,
-) -> Result<String, Failure> {
-    let node = &found.node;
-    let detected;
-    let types: Vec<String> = if fstypes.is_empty() {
-        detected = found
-            .candidate
-            .fs
-            .clone()
-            .or_else(|| read_node(node).and_then(|mut read| blockdev::probe_fs(&mut read)));
-        match &detected {
-            Some(fs) => vec![fs.fstype.to_string()],
-            None => {
-                return Err(Failure::new(
-                    step,
-                    format!("no filesystem recognised on {node}"),
-                )
-                .tried(format!(
-                    "read the superblocks of {} on {node}",
-                    blockdev::KNOWN_FILESYSTEMS
-                ))
-                .check(
-                    "is root= the right device (the partition, not the whole disk)? for another \
-                     filesystem type, name it with rootfstype= (and put its module in the initrd)",
-                ));
-            }
+    spec: &BlockSpec,
+    bound: Duration,
+    start: Instant,
+    attempts: u32,
+    last: &[(String, Candidate)],
+) -> Failure {
+    let shown = Root::Block(spec.clone()).to_string();
+    let what = match spec {
+        BlockSpec::Label(_) | BlockSpec::Uuid(_) => {
+            "LABEL and UUID are read from each filesystem's superblock (blkid on the \
+             host shows them; labels are case-sensitive)"
         }
-    } else {
-        fstypes.to_vec()
+        BlockSpec::PartUuid(_) | BlockSpec::PartLabel(_) => {
+            "PARTUUID and PARTLABEL are read from the disk's GPT (or MBR signature: \
+             PARTUUID=SSSSSSSS-NN); blkid on the host shows them"
+        }
+        _ => "the device name is the kernel's (vda1, sda2, nvme0n1p1)",
     };
-    if let Err((dir, e)) = mounts::mkdir_p(target) {
-        return Err(Failure::new(
-            step,
-            format!("cannot create mount point {dir}: {}", errno(e)),
-        ));
-    }
-    let mut tried = Vec::new();
-    let mut last_err = None;
-    for t in &types {
-        let cmd = mounts::command(node, target, t, flags, data);
-        if mounts::filesystem_known(t) == Some(false) {
-            tried.push(format!("{t}: not in /proc/filesystems"));
-            continue;
-        }
-        match mounts::mount(node, target, t, flags, data) {
-            Ok(()) => return Ok(t.clone()),
-            Err(e) => {
-                tried.push(format!("{cmd}: {}", errno(e)));
-                last_err = Some((cmd, e));
-            }
-        }
-    }
-    let how = if fstypes.is_empty() {
-        format!("{} (from the superblock of {node})", types.join(""))
-    } else {
-        format!("{} (rootfstype=)", types.join(", "))
-    };
-    Err(match last_err {
-        None => Failure::new(
-            step,
-            format!("the kernel does not know filesystem type {how}"),
-        )
-        .tried(tried.join("\n"))
-        .check(format!(
-            "put the filesystem's module in the initrd (mkinitrd --module {}) or build it into \
-             the kernel; is rootfstype= spelled right?",
-            types.first().map_or("TYPE", String::as_str)
-        )),
-        Some((cmd, e)) => {
-            let hint = match e {
-                Errno::INVAL => {
-                    "not a filesystem of this type, or an option in rootflags= it does not take \
-                     (the kernel log names it)"
-                }
-                Errno::ROFS | Errno::ACCESS => "the device is read-only: add ro",
-                Errno::NXIO | Errno::NOENT => "the device went away",
-                _ => "the kernel log (dmesg) has the details",
-            };
-            Failure::new(step, format!("{cmd} failed: {}", errno(e)))
-                .tried(tried.join("\n"))
-                .check(hint)
-        }
-    })
+    Failure::new(
+        step,
+        format!(
+            "no block device {shown} appeared within {}",
+            describe_timeout(bound)
+        ),
+    )
+    .tried(format!(
+        "scanned {SYS_BLOCK} {attempts} times over {:.1}s\nblock devices present: {}",
+        start.elapsed().as_secs_f64(),
+        list(last)
+    ))
+    .check(format!(
+        "is the disk attached (QEMU: -drive if=virtio,...)? is its driver (virtio_blk, \
+         nvme, ahci+sd_mod, ...) in the initrd (mkinitrd --module) and loaded above? \
+         {what}; rd.timeout= sets the bound"
+    ))
 }

@@ -1,0 +1,30 @@
+//! The NixOS side of the switch: is the next init there and runnable ([`check_init`]), what
+//! kind of closure it belongs to ([`flavour`]), and what that flavour needs done in the new
+//! root before the exec ([`prepare_root`]). Files are looked up inside the new root
+//! ([`resolve`]).
+
+pub mod check_init;
+pub mod flavour;
+pub mod prepare_root;
+pub mod resolve;
+
+use crate::failure::Failure;
+use crate::report;
+use flavour::Flavour;
+
+/// The prepare-root step: detects the flavour, does what it needs; `Ok` is the log line.
+pub fn prepare(step: &'static str, new_root: &str, init: &str) -> Result<String, Failure> {
+    match flavour::detect(step, new_root, init)? {
+        Flavour::Stage2 { note } => Ok(note),
+        Flavour::SystemdPrepareRoot { prepare } => {
+            report::log(
+                step,
+                &format!(
+                    "{init} comes with {prepare} (NixOS with the systemd initrd): running it \
+                     in {new_root}"
+                ),
+            );
+            prepare_root::run(step, new_root, &prepare)
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Files of the new root, looked at from the initramfs with the new root as `/`: absolute
+//! symlinks inside the store resolve as they will after the switch.
+
+use crate::failure::Failure;
+use crate::report::errno;
+use rustix::fd::{AsRawFd, OwnedFd};
+use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+
+/// Why a file in the new root cannot be exec'd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unusable {
+    Sys(Errno),
+    NotRegular,
+    NotExecutable(u32),
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unusable::Sys(e) => f.write_str(&errno(*e)),
+            Unusable::NotRegular => f.write_str("not a regular file"),
+            Unusable::NotExecutable(mode) => write!(f, "not executable (mode {mode:04o})"),
+        }
+    }
+}
+
+/// Opens the new root as a directory handle for [`open_in_root`].
+pub fn open_root(step: &'static str, new_root: &str) -> Result<OwnedFd, Failure> {
+    rustix::fs::open(
+        new_root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Failure::new(step, format!("cannot open {new_root}: {}", errno(e))))
+}
+
+/// Opens `path` with `new_root` as `/` (absolute symlinks inside the store resolve
+/// correctly), requires an executable regular file, returns its first bytes (enough for an
+/// ELF's program headers and loader path).
+pub fn open_in_root(root: &OwnedFd, path: &str) -> Result<Vec<u8>, Unusable> {
+    let rel = path.trim_start_matches('/');
+    let fd = rustix::fs::openat2(
+        root,
+        rel,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT,
+    )
+    .map_err(Unusable::Sys)?;
+    let st = rustix::fs::fstat(&fd).map_err(Unusable::Sys)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(Unusable::NotRegular);
+    }
+    if st.st_mode & 0o111 == 0 {
+        return Err(Unusable::NotExecutable(st.st_mode & 0o7777));
+    }
+    let mut buf = vec![0u8; 4096];
+    let mut got = 0;
+    while got < buf.len() {
+        match rustix::io::read(&fd, &mut buf[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
+/// Where `path` leads inside the new root, symlinks resolved (NixOS's systemd initrd does
+/// `chroot /sysroot realpath $init`).
+pub fn resolve_in_root(new_root: &str, path: &str) -> Result<String, Errno> {
+    let root = rustix::fs::open(
+        new_root,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let fd = rustix::fs::openat2(
+        &root,
+        path.trim_start_matches('/'),
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT,
+    )?;
+    // /proc may already have moved into the new root (prepare-root runs after the move).
+    let link = |proc: &str| format!("{proc}/self/fd/{}", fd.as_raw_fd());
+    let real = rustix::fs::readlink(link("/proc"), Vec::new())
+        .or_else(|_| rustix::fs::readlink(link(&format!("{new_root}/proc")), Vec::new()))?;
+    let real = real.to_string_lossy();
+    let inside = real.strip_prefix(new_root).unwrap_or(&real);
+    Ok(if inside.is_empty() {
+        "/".to_string()
+    } else {
+        inside.to_string()
+    })
+}
