@@ -366,8 +366,8 @@ impl Boot<'_> {
             Step::WriteTimings { path } => self.phase(name, Timed::LogOnly, |timings| {
                 Ok(((), write_timings(path, timings)))
             }),
-            // The others are `execute`'s, which matches every step.
-            _ => {}
+            // `execute` matches every step and hands only the ones above to here.
+            _ => misrouted(step),
         }
     }
 
@@ -384,8 +384,7 @@ impl Boot<'_> {
             data,
         } = step
         else {
-            // Only called for a block mount.
-            return;
+            misrouted(step)
         };
         let debug = self.opts.debug;
         let wait = role.wait_name();
@@ -404,6 +403,17 @@ impl Boot<'_> {
             Ok(mount_text(&found.node, target, &fstype, *flags, data))
         })
     }
+}
+
+/// A step handed to an executor that is not its own: a bug, reported as one.
+fn misrouted(step: &Step) -> ! {
+    fail(
+        Failure::new(
+            step.name(),
+            "internal error: step given to the wrong executor",
+        )
+        .check("this is a bug in nixboot's init; please report it"),
+    )
 }
 
 /// Not being able to write the timings is worth a line, not a failed boot.
