@@ -9,7 +9,9 @@
 #   <!-- readme-test: closure -->       run with CLOSURE and STORE naming a tiny closure
 #                                       made here: a store directory holding a system whose
 #                                       init is the static probe (qemu-tests/probe), with a
-#                                       boot.json (bootspec v1)
+#                                       boot.json (bootspec v1); the block's output (the
+#                                       guest's whole console: no loglevel= is given) must
+#                                       not hold a kernel `WARNING:`
 # The blocks see none of .ci/setup's variables: a block that needs them gets them itself,
 # as a reader would. Each block is bounded by NIXBOOT_README_TIMEOUT seconds (default 900).
 # Exit status: 0 every block that ran passed, 1 one failed (named with its line).
@@ -40,7 +42,7 @@ make_closure() {
   mkdir -p "$tmp/store/$name"
   cp "$probe" "$tmp/store/$name/init"
   cat > "$tmp/store/$name/boot.json" <<JSON
-{"org.nixos.bootspec.v1": {"init": "/nix/store/$name/init", "kernelParams": ["loglevel=4"],
+{"org.nixos.bootspec.v1": {"init": "/nix/store/$name/init", "kernelParams": [],
  "label": "readme test", "system": "x86_64-linux", "toplevel": "/nix/store/$name"}}
 JSON
   echo "$tmp/store/$name"
@@ -72,7 +74,13 @@ while read -r n line directive; do
   # A clean environment but for what a shell has (PATH, HOME, ...): not .ci/setup's
   # variables, which the block must get itself.
   if env -u NIXBOOT_KERNEL -u NIXBOOT_MODULES -u NIXBOOT_VIRTIOFSD ${extra[@]+"${extra[@]}"} \
-      timeout "${NIXBOOT_README_TIMEOUT:-900}" bash -euo pipefail "$tmp/block-$n.sh" </dev/null; then
+      timeout "${NIXBOOT_README_TIMEOUT:-900}" bash -euo pipefail "$tmp/block-$n.sh" </dev/null \
+      2>&1 | tee "$tmp/out-$n"; then
+    if [ "$directive" = closure ] && grep -n 'WARNING:' "$tmp/out-$n"; then
+      echo "--- $what: FAILED: the kernel printed a WARNING (above) during a normal boot"
+      failed=1
+      continue
+    fi
     echo "--- $what: ok ($((SECONDS - start)) s)"
     ran=$((ran + 1))
   else

@@ -256,13 +256,21 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         .kernel
         .clone()
         .or_else(|| from_spec(|s| s.kernel.as_ref()))
-        .ok_or_else(|| usage(format!("no kernel: give --kernel FILE (or a boot.json that names one){SETUP_HINT}")))?;
+        .ok_or_else(|| {
+            usage(format!(
+                "no kernel: give --kernel FILE (or a boot.json that names one){SETUP_HINT}"
+            ))
+        })?;
     check_path("kernel", &kernel, false, SETUP_HINT)?;
     let initrd = cli
         .initrd
         .clone()
         .or_else(|| from_spec(|s| s.initrd.as_ref()))
-        .ok_or_else(|| usage("no initrd: give --initrd FILE (made with mkinitrd), or a boot.json that names one"))?;
+        .ok_or_else(|| {
+            usage(
+                "no initrd: give --initrd FILE (made with mkinitrd), or a boot.json that names one",
+            )
+        })?;
     check_path("initrd", &initrd, false, " (build one with mkinitrd)")?;
     if let Some(m) = &cli.modules {
         check_path("modules", m, true, SETUP_HINT)?;

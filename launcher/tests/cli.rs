@@ -44,7 +44,10 @@ fn help_describes_every_option() {
         // clap puts an option's description on its line, after the value name.
         let words: Vec<&str> = line.split_whitespace().collect();
         let described = words.len() > 2 || (words.len() == 2 && !words[1].starts_with('<'));
-        assert!(described, "option without a description in --help: {line:?}");
+        assert!(
+            described,
+            "option without a description in --help: {line:?}"
+        );
     }
 }
 
@@ -56,7 +59,11 @@ fn unknown_option_is_a_usage_error() {
 
 #[test]
 fn bad_value_is_a_usage_error() {
-    for args in [&["--accel", "xen"][..], &["--timeout", "soon"], &["--cpus", "0"]] {
+    for args in [
+        &["--accel", "xen"][..],
+        &["--timeout", "soon"],
+        &["--cpus", "0"],
+    ] {
         let o = nixboot_qemu(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
     }
@@ -86,16 +93,32 @@ fn missing_kernel_names_the_path_and_the_cause_once() {
     ]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains(&format!("kernel {}", missing.display())), "{err}");
+    assert!(
+        err.contains(&format!("kernel {}", missing.display())),
+        "{err}"
+    );
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
-    assert!(err.contains(".ci/setup"), "says where to get a kernel: {err}");
+    assert!(
+        err.contains(".ci/setup"),
+        "says where to get a kernel: {err}"
+    );
 }
 
 #[test]
 fn missing_closure_names_the_path() {
-    let o = nixboot_qemu(&["--closure", "/no/such/closure", "--kernel", "/k", "--initrd", "/i"]);
+    let o = nixboot_qemu(&[
+        "--closure",
+        "/no/such/closure",
+        "--kernel",
+        "/k",
+        "--initrd",
+        "/i",
+    ]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("closure /no/such/closure: No such file or directory"), "{err}");
+    assert!(
+        err.contains("closure /no/such/closure: No such file or directory"),
+        "{err}"
+    );
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }

@@ -129,7 +129,9 @@ pub fn prerequisites() -> Result<Env, String> {
         std::env::var_os(name)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
-            .ok_or_else(|| format!("{name} is not set (eval \"$(bash .ci/setup)\")"))
+            .ok_or_else(|| {
+                format!("{name} is not set (bash .ci/setup >/dev/null && . ~/.cache/nixboot/env)")
+            })
     };
     let kernel = var("NIXBOOT_KERNEL")?;
     if !kernel.is_file() {

@@ -93,7 +93,10 @@ pub fn record_skip(reason: &str) {
     let Some(ledger) = std::env::var_os("NIXBOOT_SKIP_LEDGER").filter(|v| !v.is_empty()) else {
         return;
     };
-    let test = std::thread::current().name().unwrap_or("mkinitrd test").to_string();
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("mkinitrd test")
+        .to_string();
     let line = format!("{test}: {reason}\n");
     let _ = std::fs::OpenOptions::new()
         .create(true)
