@@ -49,21 +49,25 @@ JSON
 }
 
 failed=0 ran=0 skipped=0
+# Files the blocks write into the repository root (`-o initrd`) are removed afterwards.
+leftovers=()
+[ -e initrd ] || leftovers+=(initrd)
+trap 'rm -rf "$tmp" ${leftovers[@]+"${leftovers[@]}"}' EXIT
 while read -r n line directive; do
   what="README.md:$line"
   case $directive in
     skip\ *|skip)
       reason=${directive#skip}; reason=${reason# }
-      echo "--- $what: skip (${reason:-no reason given})"
+      echo "readme: $what: skip (${reason:-no reason given})"
       skipped=$((skipped + 1))
       if [ "$list_only" = 0 ] && [ -n "${NIXBOOT_SKIP_LEDGER:-}" ]; then
         echo "readme $what: ${reason:-no reason given}" >> "$NIXBOOT_SKIP_LEDGER"
       fi
       continue ;;
     run|closure) ;;
-    *) echo "--- $what: unknown readme-test directive '$directive'"; failed=1; continue ;;
+    *) echo "readme: $what: unknown readme-test directive '$directive'"; failed=1; continue ;;
   esac
-  echo "--- $what: $directive: $(head -c 200 "$tmp/block-$n.sh" | grep -v '^#' | head -n1)"
+  echo "readme: $what: $directive: $(head -c 200 "$tmp/block-$n.sh" | grep -v '^#' | head -n1)"
   [ "$list_only" = 0 ] || continue
   extra=()
   if [ "$directive" = closure ]; then
@@ -77,15 +81,15 @@ while read -r n line directive; do
       timeout "${NIXBOOT_README_TIMEOUT:-900}" bash -euo pipefail "$tmp/block-$n.sh" </dev/null \
       2>&1 | tee "$tmp/out-$n"; then
     if [ "$directive" = closure ] && grep -n 'WARNING:' "$tmp/out-$n"; then
-      echo "--- $what: FAILED: the kernel printed a WARNING (above) during a normal boot"
+      echo "readme: $what: FAILED: the kernel printed a WARNING (above) during a normal boot"
       failed=1
       continue
     fi
-    echo "--- $what: ok ($((SECONDS - start)) s)"
+    echo "readme: $what: ok ($((SECONDS - start)) s)"
     ran=$((ran + 1))
   else
     rc=$?
-    echo "--- $what: FAILED (exit $rc after $((SECONDS - start)) s): the block starting at README.md line $line"
+    echo "readme: $what: FAILED (exit $rc after $((SECONDS - start)) s): the block starting at README.md line $line"
     failed=1
   fi
 done < "$tmp/index"
