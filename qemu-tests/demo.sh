@@ -5,17 +5,33 @@
 #
 #   bash qemu-tests/demo.sh            # boots, prints what stage 2 sees, powers off
 #   bash qemu-tests/demo.sh --shell    # same, then an interactive busybox shell (exit to stop)
+#   bash qemu-tests/demo.sh --verbose  # the kernel's whole log too (about 530 lines)
+#
+# By default the kernel prints only errors (loglevel=4 on its command line): what shows is
+# nixboot's own lines, stage 2's output and the launcher's summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-shell=0
-[ "${1:-}" = "--shell" ] && shell=1
+shell=0 verbose=0
+for arg in "$@"; do
+  case $arg in
+    --shell) shell=1 ;;
+    --verbose) verbose=1 ;;
+    -h|--help) sed -n '2,12s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    *) echo "demo.sh: unknown argument '$arg' (expected --shell, --verbose, --help)" >&2; exit 2 ;;
+  esac
+done
 
-eval "$(bash .ci/setup)"
-cargo build --quiet --release --target x86_64-unknown-linux-musl -p init -p probe-init
-cargo build --quiet --release -p mkinitrd -p nixboot-launcher
+say() { printf '\n=== demo: %s\n' "$*" >&2; }
 
-work=${NIXBOOT_DEMO_DIR:-$HOME/.cache/nixboot/demo}
+say "1/4 prerequisites (.ci/setup: QEMU, virtiofsd, Debian's cloud kernel; cached after the first run)"
+setup_env=$(bash .ci/setup) || { echo "demo.sh: stopped: .ci/setup failed (the line above names the step)" >&2; exit 1; }
+eval "$setup_env"
+say "2/4 building the init, the probe, mkinitrd and nixboot-qemu (cargo; minutes on a first run)"
+cargo build --release --target x86_64-unknown-linux-musl -p init -p probe-init
+cargo build --release -p mkinitrd -p nixboot-launcher
+
+work=${NIXBOOT_DEMO_DIR:-${NIXBOOT_CACHE:-$HOME/.cache/nixboot}/demo}
 store=$work/store
 rm -rf "$store" && mkdir -p "$store"
 
@@ -52,11 +68,14 @@ poweroff -f
 SCRIPT
 chmod 755 "$store/${sys#/nix/store/}/init"
 
+say "3/4 the initrd (mkinitrd) and a demo closure in $store"
 target/release/mkinitrd --closure "$store/${sys#/nix/store/}" -o "$work/initrd" \
   --kernel-modules "$NIXBOOT_MODULES"
 
 append=()
-[ "$shell" = 1 ] && append=(--append nixboot.demo_shell)
+[ "$verbose" = 1 ] || append+=(loglevel=4)
+[ "$shell" = 1 ] && append+=(nixboot.demo_shell)
+say "4/4 booting in QEMU; leave the console any time with Ctrl-A then x"
 exec target/release/nixboot-qemu --kernel "$NIXBOOT_KERNEL" --initrd "$work/initrd" \
   --closure "$store/${sys#/nix/store/}" --store "$store" --modules "$NIXBOOT_MODULES" \
-  --timeout "${NIXBOOT_DEMO_TIMEOUT:-300}" "${append[@]}"
+  --timeout "${NIXBOOT_DEMO_TIMEOUT:-300}" ${append[@]+--append "${append[*]}"}

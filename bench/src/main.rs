@@ -111,15 +111,56 @@ pub struct Cli {
     pub note: Option<String>,
 }
 
+/// Exit status (README, "Command-line conventions"): 0 done, 1 failed at run time,
+/// 2 usage error (clap's own, and the checks of [`usage_error`]).
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(msg) = usage_error(&cli) {
+        use clap::CommandFactory;
+        Cli::command()
+            .error(clap::error::ErrorKind::ValueValidation, msg)
+            .exit();
+    }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("nixboot-bench: error: {e:#}");
+            eprintln!("nixboot-bench: error: {}", said_once(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// What clap cannot check alone: values that contradict each other or the run.
+fn usage_error(cli: &Cli) -> Option<String> {
+    if cli.render.is_some() {
+        return None;
+    }
+    if cli.runs == 0 && !cli.no_boots {
+        return Some("--runs must be at least 1".into());
+    }
+    if cli.scale.contains(&0) {
+        return Some("--scale counts must be at least 1".into());
+    }
+    if !cli.no_boots && !cli.initrds.contains(&Kind::Nixboot) {
+        return Some("--initrds must include nixboot: every ratio is against it".into());
+    }
+    None
+}
+
+/// The error's chain on one line, leaving out a cause an outer message already quotes.
+fn said_once(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Progress on stderr, with the time since the start.
@@ -159,25 +200,16 @@ fn run(cli: &Cli) -> Result<()> {
     if let Some(json) = &cli.render {
         return render_only(cli, json);
     }
-    if cli.runs == 0 && !cli.no_boots {
-        bail!("--runs must be at least 1");
-    }
-    if cli.scale.contains(&0) {
-        bail!("--scale counts must be at least 1");
-    }
     let mut kinds = Vec::new();
     for k in &cli.initrds {
         if !kinds.contains(k) {
             kinds.push(*k);
         }
     }
-    if !cli.no_boots && !kinds.contains(&Kind::Nixboot) {
-        bail!("--initrds must include nixboot: every ratio is against it");
-    }
-
     let env = artifacts::prerequisites().map_err(|e| {
         anyhow::anyhow!(
-            "{e}\n(run `eval \"$(bash .ci/setup)\"` first: it installs and caches them)"
+            "{e} (run `bash .ci/setup >/dev/null && . ~/.cache/nixboot/env` first: it installs \
+             and caches them)"
         )
     })?;
     let kver = env

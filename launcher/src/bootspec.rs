@@ -74,7 +74,18 @@ impl BootSpec {
 /// `_PRT` method for every PCI device it enables: nixboot-bench traced ~200 ms per virtio
 /// device under TCG (`acpi_pci_irq_enable`), against ~15 ms with this option. It would be
 /// wrong on q35, which is why the machine type is pinned next to it.
-pub const BASE_PARAMS: [&str; 3] = ["console=ttyS0,115200", "panic=-1", "pci=noacpi"];
+///
+/// `pci=nomsi`: the guest comes up without a local APIC here ("No local APIC present", with
+/// `-cpu max` and `qemu64` alike under TCG), so there is no MSI interrupt domain; virtio_pci
+/// still tries MSI-X first and the kernel's legacy fallback prints two `WARNING:` stack
+/// traces (pci_msi_setup_msi_irqs, pci_msi_teardown_msi_irqs) on every boot before using
+/// the INTx interrupt it then gets anyway. Without MSI it takes INTx directly.
+pub const BASE_PARAMS: [&str; 4] = [
+    "console=ttyS0,115200",
+    "panic=-1",
+    "pci=noacpi",
+    "pci=nomsi",
+];
 
 /// The kernel command line: fixed base, then the closure's params, then the user's.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -245,13 +256,16 @@ mod tests {
         assert_eq!(
             c.render(),
             format!(
-                "console=ttyS0,115200 panic=-1 pci=noacpi root=tmpfs init={} loglevel=4 nixboot.debug \
+                "console=ttyS0,115200 panic=-1 pci=noacpi pci=nomsi root=tmpfs init={} loglevel=4 nixboot.debug \
                  rd.timeout=3 -- alpha \"beta gamma\"",
                 b.init
             )
         );
         let bare = KernelCmdline::default().render();
-        assert_eq!(bare, "console=ttyS0,115200 panic=-1 pci=noacpi root=tmpfs");
+        assert_eq!(
+            bare,
+            "console=ttyS0,115200 panic=-1 pci=noacpi pci=nomsi root=tmpfs"
+        );
     }
 
     #[test]

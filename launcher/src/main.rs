@@ -1,26 +1,39 @@
 //! `nixboot-qemu`: boots a NixOS closure (or any kernel + initrd) in QEMU with the Nix
 //! store and kernel modules shared over virtiofs.
 //!
-//! Exit status: 0 the init reported status=ok and the guest stopped cleanly; 1 the boot
-//! failed (status=failed, kernel panic, no status line); 124 timeout; 2 launcher error.
+//! Exit status (README, "Exit status"): 0 the init reported status=ok and the guest stopped
+//! cleanly; 1 the boot failed (status=failed, kernel panic, no status line) or the launcher
+//! failed at run time (a file missing, QEMU or virtiofsd not starting); 2 usage error;
+//! 124 timeout.
 
-use anyhow::{bail, Context};
-use clap::Parser;
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
 use nixboot_launcher::bootspec::{self, BootSpec, KernelCmdline};
 use nixboot_launcher::console::Status;
 use nixboot_launcher::qemu::{self, Outcome, VmConfig};
 use nixboot_launcher::{Accel, Share};
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
+
+const AFTER_HELP: &str = "\
+Exit status: 0 booted (the init said status=ok, the guest stopped cleanly); 1 the boot
+failed (status=failed, kernel panic, no status line) or the launcher failed (a file
+missing, QEMU or virtiofsd not starting); 2 usage error; 124 timeout.
+
+The console is on stdin/stdout; Ctrl-A x quits QEMU.
+NIXBOOT_ACCEL=kvm|tcg|auto picks the accelerator (default auto: KVM only if a trial boot
+works). `bash .ci/setup` (in nixboot's repository) installs QEMU, builds virtiofsd into
+~/.cache/nixboot and caches Debian's cloud kernel; it writes their paths to
+~/.cache/nixboot/env (NIXBOOT_KERNEL, NIXBOOT_MODULES, NIXBOOT_VIRTIOFSD).";
 
 #[derive(Parser, Debug)]
 #[command(
     name = "nixboot-qemu",
+    version,
     about = "Boot a NixOS closure in QEMU with /nix/store (and kernel modules) over virtiofs",
-    after_help = "Exit status: 0 booted (status=ok, clean stop), 1 boot failed or kernel \
-                  panic, 124 timeout, 2 launcher error.\nNIXBOOT_ACCEL=kvm|tcg|auto picks the \
-                  accelerator (default auto: KVM only if a trial boot works)."
+    after_help = AFTER_HELP
 )]
 struct Cli {
     /// The closure's boot.json (bootspec v1): init, kernel, initrd, kernelParams.
@@ -47,34 +60,64 @@ struct Cli {
     #[arg(long, value_name = "TAG=DIR")]
     share: Vec<String>,
     /// Guest memory in MiB.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, value_name = "MiB", default_value_t = 1024)]
     memory: u32,
-    #[arg(long, default_value_t = 1)]
+    /// Number of virtual CPUs.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     cpus: u32,
-    /// Appended to the kernel command line.
+    /// Appended to the kernel command line (e.g. "loglevel=4" for a quiet kernel,
+    /// "rd.debug" for the init's details).
     #[arg(long, value_name = "STR")]
     append: Option<String>,
     /// Kill the VM after this many seconds (exit status 124).
-    #[arg(long, value_name = "SECS")]
-    timeout: Option<f64>,
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    timeout: Option<Duration>,
     /// Do not echo the console (it is still parsed).
     #[arg(long)]
     quiet: bool,
-    /// kvm, tcg or auto (overrides NIXBOOT_ACCEL).
+    /// The accelerator (overrides NIXBOOT_ACCEL; auto: KVM only if a trial boot works).
     #[arg(long, value_name = "ACCEL")]
-    accel: Option<String>,
+    accel: Option<AccelArg>,
+    /// The QEMU system emulator to run (a name looked up in PATH, or a path).
     #[arg(long, value_name = "FILE", default_value = "qemu-system-x86_64")]
     qemu: PathBuf,
-    #[arg(
-        long,
-        value_name = "FILE",
-        env = "NIXBOOT_VIRTIOFSD",
-        default_value = "virtiofsd"
-    )]
-    virtiofsd: PathBuf,
+    /// The virtiofsd to run, one per share [default: PATH's virtiofsd, else the one
+    /// `.ci/setup` built: $NIXBOOT_CACHE or ~/.cache/nixboot/virtiofsd-*/bin/virtiofsd].
+    #[arg(long, value_name = "FILE", env = "NIXBOOT_VIRTIOFSD")]
+    virtiofsd: Option<PathBuf>,
     /// Arguments for the init (after ` -- ` on the kernel command line).
     #[arg(last = true, value_name = "ARGS")]
     init_args: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum AccelArg {
+    Kvm,
+    Tcg,
+    Auto,
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| "expected a number of seconds, 0 or more".to_string())
+}
+
+/// A mistake in the command line (exit 2), as opposed to a failure at run time (exit 1).
+#[derive(Debug)]
+struct Usage(String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+fn usage(msg: impl Into<String>) -> anyhow::Error {
+    Usage(msg.into()).into()
 }
 
 fn main() -> ExitCode {
@@ -82,19 +125,113 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("nixboot-qemu: error: {e:#}");
-            ExitCode::from(2)
+            eprintln!("nixboot-qemu: error: {}", said_once(&e));
+            if e.downcast_ref::<Usage>().is_some() {
+                eprintln!("Try 'nixboot-qemu --help' for more information.");
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }
 
+/// The error's chain on one line, leaving out a cause that an outer message already
+/// quotes (io errors are often both in the message and its source).
+fn said_once(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// `path` must be an existing file of the given kind; the error names it and the cause.
+fn check_path(what: &str, path: &Path, dir: bool, hint: &str) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| anyhow::anyhow!("{what} {}: {e}{hint}", path.display()))?;
+    if dir && !meta.is_dir() {
+        anyhow::bail!("{what} {}: not a directory", path.display());
+    }
+    if !dir && meta.is_dir() {
+        anyhow::bail!("{what} {}: is a directory, not a file", path.display());
+    }
+    Ok(())
+}
+
+const SETUP_HINT: &str = " (`bash .ci/setup` in nixboot's repository caches Debian's cloud \
+kernel and its modules: NIXBOOT_KERNEL and NIXBOOT_MODULES in ~/.cache/nixboot/env)";
+
+/// The virtiofsd to run: the option (or NIXBOOT_VIRTIOFSD), else PATH, else the one
+/// `.ci/setup` built into the cache (the newest version there).
+fn find_virtiofsd(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        check_path("virtiofsd", p, false, "")?;
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = in_path("virtiofsd") {
+        return Ok(p);
+    }
+    let cache = std::env::var_os("NIXBOOT_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/nixboot")));
+    let mut built: Vec<PathBuf> = cache
+        .iter()
+        .filter_map(|c| std::fs::read_dir(c).ok())
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("virtiofsd-"))
+        .map(|e| e.path().join("bin/virtiofsd"))
+        .filter(|p| p.is_file())
+        .collect();
+    built.sort();
+    built.pop().with_context(|| {
+        let where_ = cache.map_or_else(|| "$NIXBOOT_CACHE".into(), |c| c.display().to_string());
+        format!(
+            "virtiofsd not found (not given with --virtiofsd or NIXBOOT_VIRTIOFSD, not in PATH, \
+             not in {where_}/virtiofsd-*/bin): `bash .ci/setup` in nixboot's repository builds it \
+             there, or `cargo install virtiofsd`"
+        )
+    })
+}
+
+fn in_path(name: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The QEMU binary: a path as given, or a name looked up in PATH.
+fn find_qemu(given: &Path) -> anyhow::Result<PathBuf> {
+    if given.components().count() > 1 {
+        check_path("QEMU", given, false, "")?;
+        return Ok(given.to_path_buf());
+    }
+    let name = given.to_string_lossy();
+    in_path(&name).with_context(|| {
+        format!("{name} not found in PATH: apt-get install qemu-system-x86 (or `bash .ci/setup`)")
+    })
+}
+
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    if let Some(c) = &cli.closure {
+        check_path("closure", c, true, "")?;
+    }
     let boot_json = match (&cli.boot_json, &cli.closure) {
         (Some(b), _) => Some(b.clone()),
         (None, Some(c)) => Some(c.join("boot.json")).filter(|p| p.is_file()),
         (None, None) => None,
     };
     let spec = boot_json.as_deref().map(BootSpec::load).transpose()?;
+    check_path("store", &cli.store, true, "")?;
 
     let init = match (&cli.closure, &spec) {
         (Some(c), _) => Some(
@@ -105,7 +242,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         (None, None) => None,
     };
     if init.is_none() && !cli.append.as_deref().unwrap_or("").contains("init=") {
-        bail!("no init to boot: give --closure, --boot-json, or init=... in --append");
+        return Err(usage(
+            "no init to boot: give --closure, --boot-json, or init=... in --append",
+        ));
     }
 
     let from_spec = |f: fn(&BootSpec) -> Option<&String>| {
@@ -117,12 +256,25 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         .kernel
         .clone()
         .or_else(|| from_spec(|s| s.kernel.as_ref()))
-        .context("no kernel: give --kernel (or a boot.json that names one)")?;
+        .ok_or_else(|| {
+            usage(format!(
+                "no kernel: give --kernel FILE (or a boot.json that names one){SETUP_HINT}"
+            ))
+        })?;
+    check_path("kernel", &kernel, false, SETUP_HINT)?;
     let initrd = cli
         .initrd
         .clone()
         .or_else(|| from_spec(|s| s.initrd.as_ref()))
-        .context("no initrd: give --initrd (or a boot.json that names one)")?;
+        .ok_or_else(|| {
+            usage(
+                "no initrd: give --initrd FILE (made with mkinitrd), or a boot.json that names one",
+            )
+        })?;
+    check_path("initrd", &initrd, false, " (build one with mkinitrd)")?;
+    if let Some(m) = &cli.modules {
+        check_path("modules", m, true, SETUP_HINT)?;
+    }
 
     let cmdline = KernelCmdline {
         init,
@@ -140,34 +292,27 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         shares.push(Share::new("modules", bootspec::modules_share_dir(m)?)?.readonly());
     }
     for s in &cli.share {
-        shares.push(s.parse()?);
+        shares.push(s.parse().map_err(|e| usage(format!("--share {s}: {e}")))?);
     }
 
-    let accel = match cli.accel.as_deref() {
-        None | Some("auto") => None,
-        Some("kvm") => Some(Accel::Kvm),
-        Some("tcg") => Some(Accel::Tcg),
-        Some(other) => bail!("--accel {other:?}: expected kvm, tcg or auto"),
-    };
-    let timeout = cli
-        .timeout
-        .map(|s| {
-            Duration::try_from_secs_f64(s)
-                .map_err(|_| anyhow::anyhow!("--timeout {s}: not a duration"))
-        })
-        .transpose()?;
-
     let mut cfg = VmConfig::new(kernel, Some(initrd), cmdline);
-    cfg.qemu = cli.qemu.clone();
-    cfg.virtiofsd = cli.virtiofsd.clone();
+    cfg.qemu = find_qemu(&cli.qemu)?;
+    cfg.virtiofsd = find_virtiofsd(cli.virtiofsd.as_deref())?;
     cfg.memory_mb = cli.memory;
     cfg.cpus = cli.cpus;
     cfg.shares = shares;
-    cfg.accel = accel;
-    cfg.timeout = timeout;
+    cfg.accel = match cli.accel {
+        None | Some(AccelArg::Auto) => None,
+        Some(AccelArg::Kvm) => Some(Accel::Kvm),
+        Some(AccelArg::Tcg) => Some(Accel::Tcg),
+    };
+    cfg.timeout = cli.timeout;
     cfg.quiet = cli.quiet;
     cfg.interactive = true;
     eprintln!("nixboot-qemu: kernel command line: {}", cfg.cmdline);
+    if std::io::stdin().is_terminal() {
+        eprintln!("nixboot-qemu: the console follows; leave it with Ctrl-A then x");
+    }
 
     let outcome = qemu::run(&cfg)?;
     let (code, summary) = verdict(&outcome);
@@ -233,7 +378,7 @@ fn verdict(o: &Outcome) -> (u8, String) {
         ),
         Some(s) => (1, format!("init reported an unknown status: {s}")),
         None if !o.qemu_exit.success() && o.console.trim().is_empty() => (
-            2,
+            1,
             format!("QEMU failed ({}): {}", o.qemu_exit, o.qemu_stderr.trim()),
         ),
         None => (
@@ -300,8 +445,10 @@ mod tests {
         assert_eq!(verdict(&outcome(ok, 9, true)).0, 124);
         // status=ok but QEMU itself failed afterwards.
         assert_eq!(verdict(&outcome(ok, 1 << 8, false)).0, 1);
-        // QEMU never got going: a launcher-side problem.
-        assert_eq!(verdict(&outcome("", 1 << 8, false)).0, 2);
+        // QEMU never got going: a launcher-side failure at run time.
+        let (code, msg) = verdict(&outcome("", 1 << 8, false));
+        assert_eq!(code, 1);
+        assert!(msg.starts_with("QEMU failed"), "{msg}");
         // The kernel ran but no init spoke.
         assert_eq!(
             verdict(&outcome("[ 0.0] Linux version 6.1\n", 0, false)).0,

@@ -249,6 +249,7 @@ fn distribution_initrd_is_read() {
     // an optional peer, so its absence is not a failure even in CI.
     let Ok(dir) = fs::read_dir("/boot") else {
         eprintln!("SKIP: no /boot");
+        record_skip("no /boot");
         return;
     };
     let images: Vec<_> = dir
@@ -262,6 +263,7 @@ fn distribution_initrd_is_read() {
         .collect();
     if images.is_empty() {
         eprintln!("SKIP: no /boot/initrd.img-* or /boot/initramfs-* on this host");
+        record_skip("no /boot/initrd.img-* or /boot/initramfs-* on this host");
         return;
     }
     for img in images {

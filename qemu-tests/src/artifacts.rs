@@ -129,7 +129,9 @@ pub fn prerequisites() -> Result<Env, String> {
         std::env::var_os(name)
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
-            .ok_or_else(|| format!("{name} is not set (eval \"$(bash .ci/setup)\")"))
+            .ok_or_else(|| {
+                format!("{name} is not set (bash .ci/setup >/dev/null && . ~/.cache/nixboot/env)")
+            })
     };
     let kernel = var("NIXBOOT_KERNEL")?;
     if !kernel.is_file() {
@@ -159,7 +161,8 @@ pub fn prerequisites() -> Result<Env, String> {
     })
 }
 
-/// For tests: the prerequisites, or `None` after a loud SKIP line on stderr; with
+/// For tests: the prerequisites, or `None` after a loud SKIP line on stderr (and a line in
+/// the runner's skip list, see [`record_skip`]); with
 /// NIXBOOT_REQUIRE_QEMU=1 a missing prerequisite panics instead.
 pub fn require_prerequisites(test: &str) -> Option<Env> {
     require(test, prerequisites())
@@ -188,11 +191,38 @@ fn require<T>(test: &str, found: Result<T, String>) -> Option<T> {
     }
 }
 
-/// Says SKIP where a human sees it: libtest captures `eprintln!` of passing tests, but not
-/// direct writes to the stderr handle.
+/// Where the test runner (tests/run.sh) collects what was skipped: one `test: reason`
+/// line per skip, listed at the end of its output.
+pub const SKIP_LEDGER_ENV: &str = "NIXBOOT_SKIP_LEDGER";
+
+/// Says SKIP where a human sees it (libtest captures `eprintln!` of passing tests, but not
+/// direct writes to the stderr handle) and adds it to the runner's skip list.
 pub fn skip(test: &str, reason: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "\n*** SKIP: {test}: {reason} ***\n");
+    record_skip(test, reason);
+}
+
+/// Appends `test: reason` to the file named by NIXBOOT_SKIP_LEDGER, when set. One write of
+/// one line in append mode, so tests running at once do not mix their lines.
+pub fn record_skip(test: &str, reason: &str) {
+    use std::io::Write;
+    let Some(ledger) = std::env::var_os(SKIP_LEDGER_ENV).filter(|v| !v.is_empty()) else {
+        return;
+    };
+    let line = format!("{test}: {}\n", reason.replace('\n', " "));
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&ledger)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = written {
+        let _ = writeln!(
+            std::io::stderr(),
+            "*** cannot add the skip to {}: {e} ***",
+            Path::new(&ledger).display()
+        );
+    }
 }
 
 fn find_in_path(name: &str) -> Option<PathBuf> {
@@ -234,6 +264,19 @@ mod tests {
             .all(|b| b"0123456789abcdfghijklmnpqrsvwxyz".contains(&b)));
         assert_eq!(n, fake_store_name("probe", "probe-system"));
         assert_ne!(n, fake_store_name("other", "probe-system"));
+    }
+
+    #[test]
+    fn a_skip_is_one_line_of_the_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = dir.path().join("skips");
+        // The variable is read per call; this test is the only one in this binary to set it.
+        std::env::set_var(SKIP_LEDGER_ENV, &ledger);
+        record_skip("t1", "no qemu\n(apt-get)");
+        record_skip("t2", "no kernel");
+        std::env::remove_var(SKIP_LEDGER_ENV);
+        let text = std::fs::read_to_string(&ledger).unwrap();
+        assert_eq!(text, "t1: no qemu (apt-get)\nt2: no kernel\n");
     }
 
     #[test]

@@ -82,6 +82,27 @@ pub fn skip(reason: &str) {
         panic!("required prerequisite missing: {reason}");
     }
     eprintln!("SKIP: {reason}");
+    record_skip(reason);
+}
+
+/// Adds `test: reason` to the test runner's skip list (NIXBOOT_SKIP_LEDGER, printed at the
+/// end by tests/run.sh; the format of qemu_tests::artifacts::record_skip). libtest names
+/// each test's thread after the test.
+pub fn record_skip(reason: &str) {
+    use std::io::Write;
+    let Some(ledger) = std::env::var_os("NIXBOOT_SKIP_LEDGER").filter(|v| !v.is_empty()) else {
+        return;
+    };
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("mkinitrd test")
+        .to_string();
+    let line = format!("{test}: {reason}\n");
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(ledger)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
 }
 
 /// Whether a host tool runs at all; SKIPs when not.
