@@ -243,25 +243,7 @@ fn boot_once(
     let o = qemu::run(&cfg).with_context(|| format!("booting {}", b.kind))?;
 
     let console_log = boots_dir.join(format!("{:02}-{}.log", round, b.kind));
-    let mut text = format!(
-        "# {} round {round}\n# cmdline: {}\n# qemu exit {}, {:.3} s{}\n",
-        b.kind,
-        cfg.cmdline,
-        o.qemu_exit,
-        o.elapsed.as_secs_f64(),
-        if o.timed_out { ", TIMED OUT" } else { "" }
-    );
-    text.push_str(&o.console);
-    if !o.qemu_stderr.trim().is_empty() {
-        text.push_str("\n# --- qemu stderr ---\n");
-        text.push_str(&o.qemu_stderr);
-    }
-    for (tag, log) in &o.virtiofsd_logs {
-        if !log.trim().is_empty() {
-            text.push_str(&format!("\n# --- virtiofsd {tag} ---\n{log}"));
-        }
-    }
-    std::fs::write(&console_log, text)?;
+    write_console_log(&console_log, b.kind, round, &cfg.cmdline, &o)?;
 
     let probe = match o.probe.as_ref().map(BenchReport::from_value) {
         Some(Ok(r)) => Some(r),
@@ -312,4 +294,34 @@ fn boot_once(
         timings: probe.and_then(|p| p.timings.clone()),
         console_log,
     })
+}
+
+/// Keeps one boot's console, QEMU's stderr and virtiofsd's logs in the run directory.
+fn write_console_log(
+    path: &Path,
+    kind: Kind,
+    round: usize,
+    cmdline: &str,
+    o: &qemu::Outcome,
+) -> Result<()> {
+    let mut text = format!(
+        "# {} round {round}\n# cmdline: {}\n# qemu exit {}, {:.3} s{}\n",
+        kind,
+        cmdline,
+        o.qemu_exit,
+        o.elapsed.as_secs_f64(),
+        if o.timed_out { ", TIMED OUT" } else { "" }
+    );
+    text.push_str(&o.console);
+    if !o.qemu_stderr.trim().is_empty() {
+        text.push_str("\n# --- qemu stderr ---\n");
+        text.push_str(&o.qemu_stderr);
+    }
+    for (tag, log) in &o.virtiofsd_logs {
+        if !log.trim().is_empty() {
+            text.push_str(&format!("\n# --- virtiofsd {tag} ---\n{log}"));
+        }
+    }
+    std::fs::write(path, text)?;
+    Ok(())
 }

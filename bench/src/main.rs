@@ -206,6 +206,45 @@ fn run(cli: &Cli) -> Result<()> {
             kinds.push(*k);
         }
     }
+    let ctx = context(cli)?;
+    let host_before = report::HostState::now();
+    warn_if_loaded(&host_before);
+    let (built, skipped) = build_all(&ctx, &kinds)?;
+    let boots = if cli.no_boots {
+        Vec::new()
+    } else {
+        boot::run_rounds(&ctx, &built)?
+    };
+    let scale = if cli.no_scale {
+        Vec::new()
+    } else {
+        let ours = built
+            .iter()
+            .find(|b| b.kind == Kind::Nixboot)
+            .context("no nixboot initrd for the scale run")?;
+        scale::run(&ctx, ours)?
+    };
+
+    let host_after = report::HostState::now();
+    let out = cli
+        .out
+        .clone()
+        .unwrap_or_else(|| artifacts::workspace_root().join("results"));
+    let rep = report::Report::assemble(&ctx, built, skipped, boots, scale, host_before, host_after);
+    rep.write(&out)?;
+    say!("report: {}", out.join("benchmark.md").display());
+    if cli.update_readme {
+        let readme = artifacts::workspace_root().join("README.md");
+        rep.update_readme(&readme, &out)?;
+        say!("README.md's Benchmark section updated");
+    }
+    say!("consoles of every boot: {}", ctx.run_dir.display());
+    Ok(())
+}
+
+/// Everything a run needs before the first build: prerequisites, accelerator, directories,
+/// the static init and mkinitrd, the shared store.
+fn context(cli: &Cli) -> Result<Ctx> {
     let env = artifacts::prerequisites().map_err(|e| {
         anyhow::anyhow!(
             "{e} (run `bash .ci/setup >/dev/null && . ~/.cache/nixboot/env` first: it installs \
@@ -250,7 +289,7 @@ fn run(cli: &Cli) -> Result<()> {
     let busybox = find_busybox()?;
     let shares = boot::prepare_shares(&run_dir, &busybox)?;
 
-    let ctx = Ctx {
+    Ok(Ctx {
         cli: cli.clone(),
         env,
         kver,
@@ -262,9 +301,12 @@ fn run(cli: &Cli) -> Result<()> {
         mkinitrd,
         busybox,
         shares,
-    };
-    let host_before = report::HostState::now();
-    if let Some(load) = host_before
+    })
+}
+
+/// Under TCG every other process shows in the numbers: say so when the machine is busy.
+fn warn_if_loaded(host: &report::HostState) {
+    if let Some(load) = host
         .loadavg
         .split_whitespace()
         .next()
@@ -276,21 +318,28 @@ fn run(cli: &Cli) -> Result<()> {
              the numbers; measure on a quiet machine"
         );
     }
+}
 
-    // Builds: ours and the busybox script every run, N times (they take a moment and must
-    // reflect the current code); dracut and initramfs-tools once, or from the cache.
+/// A peer that could not be built, and why.
+type Skipped = (Kind, String);
+
+/// Builds: ours and the busybox script every run, N times (they take a moment and must
+/// reflect the current code); dracut and initramfs-tools once, or from the cache. Returns
+/// them in report order (ours first, then the peers as asked) and the peers that failed.
+fn build_all(ctx: &Ctx, kinds: &[Kind]) -> Result<(Vec<peers::Built>, Vec<Skipped>)> {
+    let cli = &ctx.cli;
     let mut built = Vec::new();
     let mut skipped = Vec::new();
     let needs_ours = !cli.no_boots || !cli.no_scale;
     if needs_ours {
         built.push(peers::build_repeatedly(cli.runs, || {
-            peers::build_nixboot(&ctx)
+            peers::build_nixboot(ctx)
         })?);
     }
     if !cli.no_boots {
         if kinds.contains(&Kind::Busybox) {
             built.push(peers::build_repeatedly(cli.runs, || {
-                peers::build_busybox(&ctx)
+                peers::build_busybox(ctx)
             })?);
         }
         let distro: Vec<Kind> = kinds
@@ -298,7 +347,7 @@ fn run(cli: &Cli) -> Result<()> {
             .copied()
             .filter(|k| matches!(k, Kind::Dracut | Kind::InitramfsTools))
             .collect();
-        let (ok, failed) = peers::build_distro_peers(&ctx, &distro);
+        let (ok, failed) = peers::build_distro_peers(ctx, &distro);
         built.extend(ok);
         skipped.extend(failed);
     }
@@ -311,44 +360,13 @@ fn run(cli: &Cli) -> Result<()> {
             if b.cached.is_some() { " (cached)" } else { "" }
         );
     }
-    // Report order: ours first, then the peers as asked.
     built.sort_by_key(|b| {
         kinds
             .iter()
             .position(|k| *k == b.kind)
             .unwrap_or(usize::MAX)
     });
-
-    let boots = if cli.no_boots {
-        Vec::new()
-    } else {
-        boot::run_rounds(&ctx, &built)?
-    };
-    let scale = if cli.no_scale {
-        Vec::new()
-    } else {
-        let ours = built
-            .iter()
-            .find(|b| b.kind == Kind::Nixboot)
-            .context("no nixboot initrd for the scale run")?;
-        scale::run(&ctx, ours)?
-    };
-
-    let host_after = report::HostState::now();
-    let out = cli
-        .out
-        .clone()
-        .unwrap_or_else(|| artifacts::workspace_root().join("results"));
-    let rep = report::Report::assemble(&ctx, built, skipped, boots, scale, host_before, host_after);
-    rep.write(&out)?;
-    say!("report: {}", out.join("benchmark.md").display());
-    if cli.update_readme {
-        let readme = artifacts::workspace_root().join("README.md");
-        rep.update_readme(&readme, &out)?;
-        say!("README.md's Benchmark section updated");
-    }
-    say!("consoles of every boot: {}", ctx.run_dir.display());
-    Ok(())
+    Ok((built, skipped))
 }
 
 fn render_only(cli: &Cli, json: &Path) -> Result<()> {

@@ -290,63 +290,8 @@ fn build_distro_peer(ctx: &Ctx, kind: Kind, apt: &mut AptState) -> Result<Built>
     let tmp_image = ctx.run_dir.join(format!("{kind}.img"));
     let log = ctx.run_dir.join(format!("build-{kind}.log"));
     let (took, command, label) = match kind {
-        Kind::Dracut => {
-            let moddir = kmods.join("lib/modules").join(&ctx.kver);
-            let mut cmd = Command::new("dracut");
-            cmd.args(DRACUT_ARGS)
-                .arg("--kver")
-                .arg(&ctx.kver)
-                .arg("--kmoddir")
-                .arg(&moddir)
-                .arg("--force")
-                .arg(&tmp_image);
-            let command = format!(
-                "dracut --no-hostonly --add-drivers \"virtiofs virtio_pci\" --kver {} \
-                 --kmoddir MODULES_DIR --force OUT",
-                ctx.kver
-            );
-            say!("{kind}: building (tens of seconds): {command}");
-            let took = timed_command(&mut cmd, &log)?;
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let systemd = text.contains("Including module: systemd ");
-            let systemd_version = installed_version("systemd").unwrap_or_default();
-            let label = if systemd {
-                let major = systemd_version
-                    .split(['.', '-'])
-                    .next()
-                    .unwrap_or(&systemd_version);
-                format!(
-                    "dracut {version} (systemd {major} in the initrd; --no-hostonly --add-drivers \"virtiofs virtio_pci\")"
-                )
-            } else {
-                format!("dracut {version} (WITHOUT systemd: dracut's shell init)")
-            };
-            (took, command, label)
-        }
-        Kind::InitramfsTools => {
-            let conf = ctx.run_dir.join("initramfs-tools-conf");
-            for d in ["conf.d", "hooks", "scripts"] {
-                std::fs::create_dir_all(conf.join(d))?;
-            }
-            std::fs::write(conf.join("initramfs.conf"), ITOOLS_CONF)?;
-            std::fs::write(conf.join("modules"), ITOOLS_MODULES)?;
-            let _host = HostKernelFiles::install(ctx, &kmods)?;
-            let mut cmd = Command::new("mkinitramfs");
-            cmd.arg("-d")
-                .arg(&conf)
-                .arg("-o")
-                .arg(&tmp_image)
-                .arg(&ctx.kver);
-            let command = format!(
-                "mkinitramfs -d bench/assets/initramfs-tools -o OUT {}",
-                ctx.kver
-            );
-            say!("{kind}: building: {command}");
-            let took = timed_command(&mut cmd, &log)?;
-            let label =
-                format!("initramfs-tools {version} (busybox + udev; MODULES=most plus virtiofs)");
-            (took, command, label)
-        }
+        Kind::Dracut => build_dracut(ctx, &version, &kmods, &tmp_image, &log)?,
+        Kind::InitramfsTools => build_itools(ctx, &version, &kmods, &tmp_image, &log)?,
         _ => bail!("not a distribution peer"),
     };
     std::fs::create_dir_all(&dir)?;
@@ -375,6 +320,79 @@ fn build_distro_peer(ctx: &Ctx, kind: Kind, apt: &mut AptState) -> Result<Built>
         None,
         command,
     )
+}
+
+/// How long a peer's build took, its command line as shown, and its label.
+type PeerBuild = (std::time::Duration, String, String);
+
+/// dracut into `out`, its log in `log`.
+fn build_dracut(
+    ctx: &Ctx,
+    version: &str,
+    kmods: &Path,
+    out: &Path,
+    log: &Path,
+) -> Result<PeerBuild> {
+    let kind = Kind::Dracut;
+    let moddir = kmods.join("lib/modules").join(&ctx.kver);
+    let mut cmd = Command::new("dracut");
+    cmd.args(DRACUT_ARGS)
+        .arg("--kver")
+        .arg(&ctx.kver)
+        .arg("--kmoddir")
+        .arg(&moddir)
+        .arg("--force")
+        .arg(out);
+    let command = format!(
+        "dracut --no-hostonly --add-drivers \"virtiofs virtio_pci\" --kver {} \
+         --kmoddir MODULES_DIR --force OUT",
+        ctx.kver
+    );
+    say!("{kind}: building (tens of seconds): {command}");
+    let took = timed_command(&mut cmd, log)?;
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let systemd = text.contains("Including module: systemd ");
+    let systemd_version = installed_version("systemd").unwrap_or_default();
+    let label = if systemd {
+        let major = systemd_version
+            .split(['.', '-'])
+            .next()
+            .unwrap_or(&systemd_version);
+        format!(
+            "dracut {version} (systemd {major} in the initrd; --no-hostonly --add-drivers \"virtiofs virtio_pci\")"
+        )
+    } else {
+        format!("dracut {version} (WITHOUT systemd: dracut's shell init)")
+    };
+    Ok((took, command, label))
+}
+
+/// initramfs-tools' mkinitramfs into `out`, its log in `log`.
+fn build_itools(
+    ctx: &Ctx,
+    version: &str,
+    kmods: &Path,
+    out: &Path,
+    log: &Path,
+) -> Result<PeerBuild> {
+    let kind = Kind::InitramfsTools;
+    let conf = ctx.run_dir.join("initramfs-tools-conf");
+    for d in ["conf.d", "hooks", "scripts"] {
+        std::fs::create_dir_all(conf.join(d))?;
+    }
+    std::fs::write(conf.join("initramfs.conf"), ITOOLS_CONF)?;
+    std::fs::write(conf.join("modules"), ITOOLS_MODULES)?;
+    let _host = HostKernelFiles::install(ctx, kmods)?;
+    let mut cmd = Command::new("mkinitramfs");
+    cmd.arg("-d").arg(&conf).arg("-o").arg(out).arg(&ctx.kver);
+    let command = format!(
+        "mkinitramfs -d bench/assets/initramfs-tools -o OUT {}",
+        ctx.kver
+    );
+    say!("{kind}: building: {command}");
+    let took = timed_command(&mut cmd, log)?;
+    let label = format!("initramfs-tools {version} (busybox + udev; MODULES=most plus virtiofs)");
+    Ok((took, command, label))
 }
 
 fn from_cache(ctx: &Ctx, dir: &Path) -> Option<Built> {

@@ -121,65 +121,128 @@ fn group(ctx: &Ctx, ours: &Built, k: usize, rep: usize, dir: &Path) -> Result<Gr
             .map(|a| format!(" {}", a.trim()))
             .unwrap_or_default()
     );
-    let modules_dir = nixboot_launcher::bootspec::modules_share_dir(&ctx.env.modules)?;
     let (tx, rx) = mpsc::channel::<Event>();
     let start = Instant::now();
-    let mut guests: Vec<Running> = Vec::new();
     let timeout = Duration::from_secs(ctx.cli.timeout);
+    let mut guests: Vec<Running> = Vec::new();
     for i in 0..k {
-        let sockdir = tempfile::Builder::new()
-            .prefix("nixboot-bench.")
-            .tempdir()?;
-        let mut daemons = Vec::new();
-        for (j, share) in [
-            Share::new("store", &ctx.shares.store)?.readonly(),
-            Share::new("modules", &modules_dir)?.readonly(),
-        ]
-        .iter()
-        .enumerate()
-        {
-            let sock = sockdir.path().join(format!("vfs{j}.sock"));
-            daemons.push(
-                Virtiofsd::start(&ctx.env.virtiofsd, share, &sock, Duration::from_secs(10))
-                    .context("starting virtiofsd")?,
-            );
-        }
-        let daemon_pids = daemons
-            .iter()
-            .filter_map(|d| pid_with_arg(&format!("--socket-path={}", d.socket.display())))
-            .collect();
-        let mut cfg = VmConfig::new(&ctx.env.kernel, Some(ours.image.clone()), cmdline.clone());
-        cfg.memory_mb = MEMORY_MB;
-        cfg.cpus = CPUS;
-        cfg.extra_qemu_args = ctx.cli.qemu_args.clone();
-        let args = qemu::qemu_args(&cfg, ctx.accel, &daemons);
-        let mut cmd = Command::new(&ctx.env.qemu);
-        cmd.args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        die_with_parent(&mut cmd);
-        let mut child = cmd.spawn().context("starting QEMU")?;
-        let out = child.stdout.take();
-        let tx = tx.clone();
-        let console = std::thread::spawn(move || read_console(i, out, &tx));
-        guests.push(Running {
-            qemu: child,
-            daemons,
-            daemon_pids,
-            _sockdir: sockdir,
-            console: Some(console),
-        });
+        guests.push(start_guest(ctx, ours, i, &cmdline, tx.clone())?);
     }
     drop(tx);
+    let results = collect(&guests, &rx, start, timeout);
+    for (i, mut g) in guests.into_iter().enumerate() {
+        let _ = g.qemu.kill();
+        let _ = g.qemu.wait();
+        for d in g.daemons.iter_mut() {
+            d.stop();
+        }
+        if let Some(t) = g.console.take() {
+            let bytes = t.join().unwrap_or_default();
+            let _ = std::fs::write(dir.join(format!("k{k}-rep{rep}-guest{i}.log")), bytes);
+        }
+    }
+    let guests: Vec<Guest> = results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| Guest::failed(format!("no stage 2 within {} s", timeout.as_secs())))
+        })
+        .collect();
+    let wall_all = if guests.iter().all(|g| g.ok) {
+        guests
+            .iter()
+            .filter_map(|g| g.host_to_stage2)
+            .reduce(f64::max)
+    } else {
+        None
+    };
+    Ok(Group {
+        k,
+        rep,
+        wall_all,
+        guests,
+    })
+}
 
-    let mut results: Vec<Option<Guest>> = vec![None; k];
-    let mut pending = k;
+impl Guest {
+    fn failed(error: String) -> Guest {
+        Guest {
+            ok: false,
+            error: Some(error),
+            host_to_stage2: None,
+            stage2: None,
+            run_init: None,
+            qemu: Mem::default(),
+            virtiofsd: Mem::default(),
+        }
+    }
+}
+
+/// Starts guest `i`: its two virtiofsd and its QEMU, whose console a thread reads.
+fn start_guest(
+    ctx: &Ctx,
+    ours: &Built,
+    i: usize,
+    cmdline: &str,
+    tx: mpsc::Sender<Event>,
+) -> Result<Running> {
+    let modules_dir = nixboot_launcher::bootspec::modules_share_dir(&ctx.env.modules)?;
+    let sockdir = tempfile::Builder::new()
+        .prefix("nixboot-bench.")
+        .tempdir()?;
+    let mut daemons = Vec::new();
+    for (j, share) in [
+        Share::new("store", &ctx.shares.store)?.readonly(),
+        Share::new("modules", &modules_dir)?.readonly(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let sock = sockdir.path().join(format!("vfs{j}.sock"));
+        daemons.push(
+            Virtiofsd::start(&ctx.env.virtiofsd, share, &sock, Duration::from_secs(10))
+                .context("starting virtiofsd")?,
+        );
+    }
+    let daemon_pids = daemons
+        .iter()
+        .filter_map(|d| pid_with_arg(&format!("--socket-path={}", d.socket.display())))
+        .collect();
+    let mut cfg = VmConfig::new(&ctx.env.kernel, Some(ours.image.clone()), cmdline.into());
+    cfg.memory_mb = MEMORY_MB;
+    cfg.cpus = CPUS;
+    cfg.extra_qemu_args = ctx.cli.qemu_args.clone();
+    let args = qemu::qemu_args(&cfg, ctx.accel, &daemons);
+    let mut cmd = Command::new(&ctx.env.qemu);
+    cmd.args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    die_with_parent(&mut cmd);
+    let mut child = cmd.spawn().context("starting QEMU")?;
+    let out = child.stdout.take();
+    let console = std::thread::spawn(move || read_console(i, out, &tx));
+    Ok(Running {
+        qemu: child,
+        daemons,
+        daemon_pids,
+        _sockdir: sockdir,
+        console: Some(console),
+    })
+}
+
+/// Each guest's result as its stage 2 reports (memory measured right then) or its QEMU
+/// exits, until all are in or `timeout` from `start` has passed.
+fn collect(
+    guests: &[Running],
+    rx: &mpsc::Receiver<Event>,
+    start: Instant,
+    timeout: Duration,
+) -> Vec<Option<Guest>> {
+    let mut results: Vec<Option<Guest>> = vec![None; guests.len()];
+    let mut pending = guests.len();
     while pending > 0 {
-        let left = timeout.saturating_sub(start.elapsed());
-        let ev = match rx.recv_timeout(left) {
-            Ok(ev) => ev,
-            Err(_) => break,
+        let Ok(ev) = rx.recv_timeout(timeout.saturating_sub(start.elapsed())) else {
+            break;
         };
         match ev {
             Event::Stage2 { guest, at, line } => {
@@ -210,60 +273,14 @@ fn group(ctx: &Ctx, ours: &Built, k: usize, rep: usize, dir: &Path) -> Result<Gr
             }
             Event::Eof { guest } => {
                 if results[guest].is_none() {
-                    results[guest] = Some(Guest {
-                        ok: false,
-                        error: Some("QEMU exited before stage 2 reported".into()),
-                        host_to_stage2: None,
-                        stage2: None,
-                        run_init: None,
-                        qemu: Mem::default(),
-                        virtiofsd: Mem::default(),
-                    });
+                    results[guest] =
+                        Some(Guest::failed("QEMU exited before stage 2 reported".into()));
                     pending -= 1;
                 }
             }
         }
     }
-
-    for (i, mut g) in guests.into_iter().enumerate() {
-        let _ = g.qemu.kill();
-        let _ = g.qemu.wait();
-        for d in g.daemons.iter_mut() {
-            d.stop();
-        }
-        if let Some(t) = g.console.take() {
-            let bytes = t.join().unwrap_or_default();
-            let _ = std::fs::write(dir.join(format!("k{k}-rep{rep}-guest{i}.log")), bytes);
-        }
-    }
-    let guests: Vec<Guest> = results
-        .into_iter()
-        .map(|r| {
-            r.unwrap_or(Guest {
-                ok: false,
-                error: Some(format!("no stage 2 within {} s", timeout.as_secs())),
-                host_to_stage2: None,
-                stage2: None,
-                run_init: None,
-                qemu: Mem::default(),
-                virtiofsd: Mem::default(),
-            })
-        })
-        .collect();
-    let wall_all = if guests.iter().all(|g| g.ok) {
-        guests
-            .iter()
-            .filter_map(|g| g.host_to_stage2)
-            .reduce(f64::max)
-    } else {
-        None
-    };
-    Ok(Group {
-        k,
-        rep,
-        wall_all,
-        guests,
-    })
+    results
 }
 
 /// Reads a guest's console to its end; reports the stage-2 line as soon as it arrives.

@@ -8,9 +8,9 @@
 
 use crate::cmdline::{self, describe_timeout, Options};
 use crate::failure::{self, fail, Failure};
+use crate::log::{self, log, Timings};
 use crate::plan::step::{mount_text, overlay_text, virtiofs_text};
 use crate::plan::{self, Plan, Step};
-use crate::report::{self, log, Timings};
 use crate::{block, modules, mounts, nixos, store, switch_root, virtiofs};
 use nixboot_protocol::{InitrdConfig, CONFIG_PATH};
 use std::time::Duration;
@@ -23,22 +23,22 @@ fn ms(d: Duration) -> String {
 pub fn run() -> ! {
     if !rustix::process::getpid().is_init() {
         // Everything below mounts over / and finally deletes it: never outside an initramfs.
-        report::write_console(
+        log::write_console(
             b"nixboot init: not PID 1; this program only runs as /init of an initramfs\n",
         );
         std::process::exit(1);
     }
     failure::install_panic_hook();
-    let init_start = report::now();
+    let init_start = log::now();
     let mut timings = Timings::new(init_start);
     let (console, early_done) = early_mounts(&mut timings, init_start);
     let (opts, raw) = read_cmdline(&mut timings);
     announce(&opts, &raw, console, early_done.saturating_sub(init_start));
 
     failure::set_step("config");
-    let t = report::now();
+    let t = log::now();
     let config = read_config();
-    timings.record("config", t, report::now());
+    timings.record("config", t, log::now());
 
     let plan = make_plan(&opts, &config);
     let mut boot = Boot {
@@ -72,8 +72,8 @@ fn early_mounts(
             early_failure.get_or_insert(f);
         }
     }
-    let console = report::ensure_console();
-    let end = report::now();
+    let console = log::ensure_console();
+    let end = log::now();
     timings.record("early-mounts", init_start, end);
     if let Some(f) = early_failure {
         fail(f)
@@ -84,7 +84,7 @@ fn early_mounts(
 /// The command line comes before the first informational line: it says whether to be quiet.
 fn read_cmdline(timings: &mut Timings) -> (Options, String) {
     failure::set_step("cmdline");
-    let t = report::now();
+    let t = log::now();
     let raw = match std::fs::read("/proc/cmdline") {
         Ok(b) => String::from_utf8_lossy(&b).trim_end().to_string(),
         Err(e) => fail(Failure::new(
@@ -94,8 +94,8 @@ fn read_cmdline(timings: &mut Timings) -> (Options, String) {
     };
     let opts = cmdline::parse(&raw);
     failure::set_action(opts.emergency);
-    report::set_quiet(opts.quiet && !opts.debug);
-    timings.record("cmdline", t, report::now());
+    log::set_quiet(opts.quiet && !opts.debug);
+    timings.record("cmdline", t, log::now());
     (opts, raw)
 }
 
@@ -111,9 +111,9 @@ fn announce(opts: &Options, raw: &str, console: rustix::io::Result<bool>, early:
             "the kernel gave us no console; opened /dev/console",
         ),
         Ok(false) => {}
-        Err(e) => report::notice(
+        Err(e) => log::notice(
             "console",
-            &format!("cannot open /dev/console: {}", report::errno(e)),
+            &format!("cannot open /dev/console: {}", log::errno(e)),
         ),
     }
     log(
@@ -127,7 +127,7 @@ fn announce(opts: &Options, raw: &str, console: rustix::io::Result<bool>, early:
         log("cmdline", raw);
     }
     for w in &opts.warnings {
-        report::notice("cmdline", &format!("WARNING: {w}"));
+        log::notice("cmdline", &format!("WARNING: {w}"));
     }
 }
 
@@ -154,13 +154,13 @@ fn make_plan(opts: &Options, config: &InitrdConfig) -> Plan {
 /// (docs/contracts-internal.md).
 fn exec(exec: &plan::Exec, timings: &Timings) -> ! {
     failure::set_step("exec");
-    let now = report::now();
+    let now = log::now();
     log("timings", &timings.summary(now));
     log(
         "exec",
         &format!("{} args {:?}", exec.path, exec.argv.get(1..).unwrap_or(&[])),
     );
-    report::write_console(report::status_ok(&exec.path, timings.elapsed_ms(now)).as_bytes());
+    log::write_console(log::status_ok(&exec.path, timings.elapsed_ms(now)).as_bytes());
     fail(switch_root::exec("exec", exec))
 }
 
@@ -261,9 +261,9 @@ impl Boot<'_> {
         run: impl FnOnce(&Timings) -> Result<(T, String), Failure>,
     ) -> T {
         failure::set_step(name);
-        let t = report::now();
+        let t = log::now();
         let (value, done) = run(&self.timings).unwrap_or_else(|f| fail(f));
-        let end = report::now();
+        let end = log::now();
         match timed {
             Timed::AsNamed => self.timings.record(name, t, end),
             Timed::As(label) => self.timings.record(label, t, end),
@@ -418,13 +418,13 @@ fn misrouted(step: &Step) -> ! {
 
 /// Not being able to write the timings is worth a line, not a failed boot.
 fn write_timings(path: &str, timings: &Timings) -> String {
-    let json = timings.to_json(report::now());
+    let json = timings.to_json(log::now());
     let dir = std::path::Path::new(path)
         .parent()
         .and_then(|p| p.to_str())
         .unwrap_or("/");
     if let Err((d, e)) = mounts::mkdir_p(dir) {
-        return format!("WARNING: cannot create {d}: {}", report::errno(e));
+        return format!("WARNING: cannot create {d}: {}", log::errno(e));
     }
     match std::fs::write(path, json) {
         Ok(()) => format!("{path} written"),

@@ -2,7 +2,7 @@
 //! line, then run the failure action. Never returns: PID 1 exiting panics the kernel.
 
 use crate::cmdline::Emergency;
-use crate::report;
+use crate::log;
 use std::os::unix::process::CommandExt;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Mutex;
@@ -97,7 +97,7 @@ pub fn fail(f: Failure) -> ! {
     }
     for (i, line) in f.error.lines().enumerate() {
         let lead = if i == 0 { "FAILED: " } else { "  " };
-        report::notice(f.step, &format!("{lead}{line}"));
+        log::notice(f.step, &format!("{lead}{line}"));
     }
     // Every failure says what to check, even one no step expects.
     let fallback = Some("the kernel log (dmesg) and the lines above".to_string());
@@ -109,19 +109,19 @@ pub fn fail(f: Failure) -> ! {
     for (label, text) in [("tried", &f.tried), ("check", check)] {
         if let Some(text) = text {
             for line in text.lines() {
-                report::notice(f.step, &format!("  {label}: {line}"));
+                log::notice(f.step, &format!("  {label}: {line}"));
             }
         }
     }
     let mut act_as = action();
     if act_as == Emergency::Shell && !shell_exists() {
-        report::notice(
+        log::notice(
             "failure",
             &format!("rd.emergency=shell but there is no {SHELL}; powering off instead"),
         );
         act_as = Emergency::PowerOff;
     }
-    report::write_console(report::status_failed(f.step, &f.error, act_as.as_str()).as_bytes());
+    log::write_console(log::status_failed(f.step, &f.error, act_as.as_str()).as_bytes());
     act(act_as)
 }
 
@@ -136,7 +136,7 @@ fn shell_exists() -> bool {
 fn act(a: Emergency) -> ! {
     let (cmd, what) = match a {
         Emergency::Shell => {
-            report::notice(
+            log::notice(
                 "failure",
                 &format!("starting {SHELL}; leaving it powers off"),
             );
@@ -163,7 +163,7 @@ fn act(a: Emergency) -> ! {
                 Ok(mut child) => {
                     let _ = child.wait();
                 }
-                Err(e) => report::notice("failure", &format!("could not start {SHELL}: {e}")),
+                Err(e) => log::notice("failure", &format!("could not start {SHELL}: {e}")),
             }
             (rustix::system::RebootCommand::PowerOff, "power off")
         }
@@ -174,12 +174,9 @@ fn act(a: Emergency) -> ! {
     // Unwritten data (the timings file, logs on disks) goes out before the machine does.
     rustix::fs::sync();
     if let Err(e) = rustix::system::reboot(cmd) {
-        report::notice(
+        log::notice(
             "failure",
-            &format!(
-                "reboot({what}) failed: {}; sleeping forever",
-                report::errno(e)
-            ),
+            &format!("reboot({what}) failed: {}; sleeping forever", log::errno(e)),
         );
     }
     // Only reached when reboot(2) failed: PID 1 must not exit.

@@ -2,7 +2,7 @@
 //! order of the initrd config (mkinitrd resolved dependencies; we do not).
 
 use crate::failure::Failure;
-use crate::report::{self, errno};
+use crate::log::{self, errno};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use std::ffi::CString;
@@ -24,7 +24,7 @@ pub fn check_kernel_version(expected: Option<&str>) {
     let uname = rustix::system::uname();
     let running = uname.release().to_string_lossy();
     if running != expected {
-        report::notice(
+        log::notice(
             STEP,
             &format!(
                 "WARNING: the initrd's modules are for kernel {expected}, but this is {running}; \

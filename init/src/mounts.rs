@@ -2,8 +2,8 @@
 //! the `mount` command a user would type to try it by hand.
 
 use crate::failure::Failure;
+use crate::log::errno;
 use crate::plan::options;
-use crate::report::errno;
 use rustix::io::Errno;
 use rustix::mount::MountFlags;
 use std::ffi::CString;

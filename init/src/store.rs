@@ -6,8 +6,8 @@
 //! mtimes and symlinks are preserved (Nix tooling expects the store's mtime 1, for one).
 
 use crate::failure::Failure;
+use crate::log::errno;
 use crate::plan::step::copy_text;
-use crate::report::errno;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
 use rustix::io::Errno;

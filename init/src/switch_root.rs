@@ -4,9 +4,9 @@
 //! back if the files are deleted), move the new root over `/`, chroot into it, exec.
 
 use crate::failure::Failure;
+use crate::log::{self, errno};
 use crate::mounts;
 use crate::plan::Exec;
-use crate::report::{self, errno};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
@@ -85,7 +85,7 @@ pub fn switch_root(step: &'static str, new_root: &str) -> Result<(), Failure> {
     let mut freed = Freed::default();
     delete_contents(&root_dir, root_dev, &mut freed);
     drop(root_dir);
-    report::log(
+    log::log(
         step,
         &format!(
             "freed the initramfs: {} entries removed, {} mount point(s) kept, {} error(s)",

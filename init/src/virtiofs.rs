@@ -4,8 +4,8 @@
 //! the only way to know a tag is there is to mount it.
 
 use crate::failure::Failure;
+use crate::log::{self, errno};
 use crate::mounts;
-use crate::report::{self, errno};
 use crate::wait::{poll, Try, WaitError};
 use rustix::io::Errno;
 use rustix::mount::MountFlags;
@@ -139,7 +139,7 @@ impl Share<'_> {
         match watched {
             Ok(r) => {
                 if self.debug {
-                    report::log(
+                    log::log(
                         self.step,
                         &format!(
                             "tag {tag} listed in /sys/fs/virtiofs after {:.1} ms ({} polls)",
@@ -181,7 +181,7 @@ impl Share<'_> {
         match mounted {
             Ok(r) => {
                 if self.debug {
-                    report::log(
+                    log::log(
                         self.step,
                         &format!(
                             "mounted after {} attempt(s), {:.1} ms",

@@ -264,6 +264,13 @@ pub(crate) fn targets(rows: &[Row]) -> Vec<Target> {
         1.0,
         "initrd phase below the busybox script's".into(),
     );
+    t.push(stage2_target(rows, ours));
+    t.push(build_target(get(Kind::InitramfsTools), ours));
+    t
+}
+
+/// Stage 2 reached sooner than with the fastest peer.
+fn stage2_target(rows: &[Row], ours: &Row) -> Target {
     let ours_stage2 = med(ours.stage2);
     let peers: Vec<(Kind, f64)> = rows
         .iter()
@@ -271,7 +278,7 @@ pub(crate) fn targets(rows: &[Row]) -> Vec<Target> {
         .filter_map(|r| med(r.stage2).map(|s| (r.built.kind, s)))
         .collect();
     let fastest = peers.iter().copied().min_by(|a, b| a.1.total_cmp(&b.1));
-    t.push(match (fastest, ours_stage2) {
+    match (fastest, ours_stage2) {
         (Some((k, p)), Some(o)) => Target {
             what: "stage 2 reached sooner than with any peer".into(),
             measured: format!(
@@ -287,9 +294,12 @@ pub(crate) fn targets(rows: &[Row]) -> Vec<Target> {
             measured: "(not measured)".into(),
             met: None,
         },
-    });
-    let itools_build = get(Kind::InitramfsTools).map(|r| r.built.build_secs);
-    t.push(match itools_build {
+    }
+}
+
+/// nixboot builds at least 100 times faster than initramfs-tools.
+fn build_target(itools: Option<&Row>, ours: &Row) -> Target {
+    match itools.map(|r| r.built.build_secs) {
         Some(p) if ours.built.build_secs > 0.0 => Target {
             what: "build at least 100× faster than initramfs-tools".into(),
             measured: format!(
@@ -305,8 +315,7 @@ pub(crate) fn targets(rows: &[Row]) -> Vec<Target> {
             measured: "(not measured)".into(),
             met: None,
         },
-    });
-    t
+    }
 }
 
 /// The parts of nixboot's initrd phase, from each boot's console and timings.json.
@@ -353,26 +362,7 @@ pub(crate) fn nixboot_parts(boots: &[BootRecord]) -> (Vec<Part>, Option<f64>) {
             "kernel \"Run /init\" → the init's first clock read (exec of the static /init)".into(),
             (init_start - run_init) * 1000.0,
         );
-        // Every phase timings.json has (start order), then the steps logged with "(N ms)"
-        // that it lacks (those after write-timings).
-        let mut steps: Vec<(String, f64)> = b
-            .timings
-            .iter()
-            .flat_map(|t| &t.phases)
-            .map(|p| (p.step.clone(), p.ms))
-            .collect();
-        for l in &lines {
-            let Some(ms) = l.ms() else { continue };
-            let what = if l.step == "load-module" {
-                let name = l.message.split_whitespace().next().unwrap_or("?");
-                format!("load-module {name}")
-            } else {
-                l.step.clone()
-            };
-            if !steps.iter().any(|(n, _)| *n == what) {
-                steps.push((what, ms));
-            }
-        }
+        let steps = boot_steps(b, &lines);
         let steps_ms: f64 = steps.iter().map(|(_, ms)| ms).sum();
         for (what, ms) in steps {
             push(&mut order, what, ms);
@@ -399,6 +389,30 @@ pub(crate) fn nixboot_parts(boots: &[BootRecord]) -> (Vec<Part>, Option<f64>) {
         })
         .collect();
     (parts, summarize(&bytes).map(|s| s.median))
+}
+
+/// One boot's steps and their ms: every phase timings.json has (start order), then the
+/// steps logged with "(N ms)" that it lacks (those after write-timings).
+fn boot_steps(b: &BootRecord, lines: &[LogLine]) -> Vec<(String, f64)> {
+    let mut steps: Vec<(String, f64)> = b
+        .timings
+        .iter()
+        .flat_map(|t| &t.phases)
+        .map(|p| (p.step.clone(), p.ms))
+        .collect();
+    for l in lines {
+        let Some(ms) = l.ms() else { continue };
+        let what = if l.step == "load-module" {
+            let name = l.message.split_whitespace().next().unwrap_or("?");
+            format!("load-module {name}")
+        } else {
+            l.step.clone()
+        };
+        if !steps.iter().any(|(n, _)| *n == what) {
+            steps.push((what, ms));
+        }
+    }
+    steps
 }
 
 pub(crate) fn scale_rows(groups: &[Group]) -> Vec<ScaleRow> {

@@ -5,8 +5,8 @@ use super::probe as blockdev;
 use super::read_node;
 use super::wait::Found;
 use crate::failure::Failure;
+use crate::log::errno;
 use crate::mounts;
-use crate::report::errno;
 use rustix::io::Errno;
 use rustix::mount::MountFlags;
 

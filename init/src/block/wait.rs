@@ -5,7 +5,7 @@ use super::probe::{self as blockdev, Candidate, FsInfo, Needs, PartTable};
 use super::read_node;
 use crate::cmdline::{describe_timeout, BlockSpec, Root};
 use crate::failure::Failure;
-use crate::report;
+use crate::log;
 use crate::wait::{poll, Try, WaitError};
 use rustix::fs::FileType;
 use std::collections::HashMap;
@@ -177,13 +177,13 @@ pub fn wait_block(
         Ok(r) => {
             let (node, candidate, others) = r.value;
             if !others.is_empty() {
-                report::notice(
+                log::notice(
                     step,
                     &format!("WARNING: more devices match {shown} ({others}); using {node}"),
                 );
             }
             if debug {
-                report::log(
+                log::log(
                     step,
                     &format!(
                         "{node} matched {shown} after {:.1} ms ({} scans of {SYS_BLOCK})",

@@ -3,7 +3,7 @@
 
 use super::resolve::{open_in_root, open_root, resolve_in_root, Unusable};
 use crate::failure::Failure;
-use crate::report::errno;
+use crate::log::errno;
 use rustix::io::Errno;
 
 /// What kind of closure `init=` belongs to.

@@ -9,7 +9,7 @@ pub mod prepare_root;
 pub mod resolve;
 
 use crate::failure::Failure;
-use crate::report;
+use crate::log;
 use flavour::Flavour;
 
 /// The prepare-root step: detects the flavour, does what it needs; `Ok` is the log line.
@@ -17,7 +17,7 @@ pub fn prepare(step: &'static str, new_root: &str, init: &str) -> Result<String,
     match flavour::detect(step, new_root, init)? {
         Flavour::Stage2 { note } => Ok(note),
         Flavour::SystemdPrepareRoot { prepare } => {
-            report::log(
+            log::log(
                 step,
                 &format!(
                     "{init} comes with {prepare} (NixOS with the systemd initrd): running it \

@@ -2,7 +2,7 @@
 //! symlinks inside the store resolve as they will after the switch.
 
 use crate::failure::Failure;
-use crate::report::errno;
+use crate::log::errno;
 use rustix::fd::{AsRawFd, OwnedFd};
 use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;

@@ -6,7 +6,7 @@ use crate::cmdline::Options;
 use nixboot_protocol::InitrdConfig;
 
 /// Where phase timings are written (in the new root, after the switch).
-pub const TIMINGS_PATH: &str = "/run/nixboot/timings.json";
+pub use nixboot_protocol::timings::TIMINGS_PATH;
 /// Environment of the next init (see the module documentation).
 pub const NEXT_INIT_ENV: &[(&str, &str)] = &[("HOME", "/"), ("TERM", "linux")];
 /// Where `kexec-run.sh` (nixos/modules/baremetal) puts files for the next system, in the

@@ -78,9 +78,33 @@ fn probe() -> Report {
     for p in ["/proc", "/sys", "/dev", "/run"] {
         r.special_mounts.insert(p.into(), None);
     }
+    let mounted_proc = mount_proc_if_missing(&mut r);
+    match fs::read("/proc/cmdline") {
+        Ok(b) => r.cmdline = Some(String::from_utf8_lossy(&b).trim().to_string()),
+        Err(e) => r.errors.push(format!("reading /proc/cmdline: {e}")),
+    }
+    read_mounts(&mut r, mounted_proc);
+    match leftovers() {
+        Ok(names) => {
+            r.initramfs_leftovers = Some(names);
+            r.initramfs_checked = true;
+        }
+        Err(e) => r.errors.push(format!("initramfs leftovers: {e}")),
+    }
+    read_files(&mut r);
+    if mounted_proc {
+        if let Err(e) = rustix::mount::unmount("/proc", rustix::mount::UnmountFlags::DETACH) {
+            r.errors
+                .push(format!("unmounting our temporary /proc: {e}"));
+        }
+    }
+    r
+}
 
-    // The init is supposed to hand over a mounted /proc; if it did not, mount one only
-    // long enough to look, and say so (special_mounts still reports the truth).
+/// The init is supposed to hand over a mounted /proc; if it did not, mount one only long
+/// enough to look, and say so (special_mounts still reports the truth). Returns whether we
+/// mounted it.
+fn mount_proc_if_missing(r: &mut Report) -> bool {
     let mut mounted_proc = false;
     if fs::metadata("/proc/self/mountinfo").is_err() {
         let _ = fs::create_dir_all("/proc");
@@ -101,12 +125,11 @@ fn probe() -> Report {
                 .push(format!("/proc was not mounted and mounting it failed: {e}")),
         }
     }
+    mounted_proc
+}
 
-    match fs::read("/proc/cmdline") {
-        Ok(b) => r.cmdline = Some(String::from_utf8_lossy(&b).trim().to_string()),
-        Err(e) => r.errors.push(format!("reading /proc/cmdline: {e}")),
-    }
-
+/// The root, store, modules and special mounts, from /proc/self/mountinfo.
+fn read_mounts(r: &mut Report, mounted_proc: bool) {
     match fs::read("/proc/self/mountinfo") {
         Ok(b) => {
             let mounts = parse_mountinfo(&String::from_utf8_lossy(&b));
@@ -133,15 +156,11 @@ fn probe() -> Report {
         }
         Err(e) => r.errors.push(format!("reading /proc/self/mountinfo: {e}")),
     }
+}
 
-    match leftovers() {
-        Ok(names) => {
-            r.initramfs_leftovers = Some(names);
-            r.initramfs_checked = true;
-        }
-        Err(e) => r.errors.push(format!("initramfs leftovers: {e}")),
-    }
-
+/// Whether the store is writable, /run/booted-system, the timings, the test files and the
+/// `stat:` arguments.
+fn read_files(r: &mut Report) {
     if fs::metadata("/nix/store").is_ok_and(|m| m.is_dir()) {
         let probe = Path::new("/nix/store/.nixboot-probe-write");
         r.store_writable = Some(match fs::write(probe, b"x") {
@@ -177,14 +196,6 @@ fn probe() -> Report {
             r.stats.insert(path.to_string(), stat(Path::new(path)));
         }
     }
-
-    if mounted_proc {
-        if let Err(e) = rustix::mount::unmount("/proc", rustix::mount::UnmountFlags::DETACH) {
-            r.errors
-                .push(format!("unmounting our temporary /proc: {e}"));
-        }
-    }
-    r
 }
 
 fn stat(p: &Path) -> Stat {
