@@ -360,7 +360,15 @@ fn execute(
             switch_root::move_special_mounts(name, new_root, mounts)?;
             Ok(format!("{} moved to {new_root}", mounts.join(" ")))
         }
-        Step::PrepareRoot { new_root, init } => switch_root::prepare_root(name, new_root, init),
+        Step::PrepareRoot { new_root, init } => {
+            // HOOK h5-nixos (issue 9), to be re-homed with the per-phase planners: stage 1's
+            // /dev links for every flavour, the flavour logged, and the nixos-init flavour (c)
+            // prepared here; (a), (b) and others go on to prepare-root as before.
+            match crate::nixos::nixos_init::prepare(name, new_root, init)? {
+                Some(done) => Ok(done),
+                None => switch_root::prepare_root(name, new_root, init),
+            }
+        }
         Step::SwitchRoot { new_root } => {
             switch_root::switch_root(name, new_root)?;
             Ok(format!("{new_root} is now /"))

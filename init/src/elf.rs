@@ -32,7 +32,10 @@ impl ReadAt for [u8] {
         let Ok(off) = usize::try_from(off) else {
             return false;
         };
-        match off.checked_add(buf.len()).and_then(|end| self.get(off..end)) {
+        match off
+            .checked_add(buf.len())
+            .and_then(|end| self.get(off..end))
+        {
             Some(src) => {
                 buf.copy_from_slice(src);
                 true
@@ -250,7 +253,8 @@ mod tests {
 
     #[test]
     fn interpreter_past_the_first_page() {
-        let p = "/nix/store/0123456789abcdef0123456789abcdef-glibc-2.40-66/lib/ld-linux-x86-64.so.2";
+        let p =
+            "/nix/store/0123456789abcdef0123456789abcdef-glibc-2.40-66/lib/ld-linux-x86-64.so.2";
         let b = elf64_interp_far(p);
         assert_eq!(interpreter(&b), Interp::Path(p.into()));
         // The first page alone does not hold it: the old 4 KiB read could not find it.
@@ -262,7 +266,10 @@ mod tests {
         let fd = std::fs::File::open(&f).unwrap();
         assert_eq!(interpreter_at(&File(fd)), Interp::Path(p.into()));
         let root = std::fs::File::open(dir.path()).unwrap();
-        assert_eq!(interpreter_in_root(&root, "/systemd"), Interp::Path(p.into()));
+        assert_eq!(
+            interpreter_in_root(&root, "/systemd"),
+            Interp::Path(p.into())
+        );
         assert_eq!(interpreter_in_root(&root, "/missing"), Interp::Unknown);
     }
 
@@ -270,14 +277,20 @@ mod tests {
     /// store path lands past the first page.
     #[test]
     fn patchelf_moved_interpreter() {
-        let Ok(out) = std::process::Command::new("patchelf").arg("--version").output() else {
+        let Ok(out) = std::process::Command::new("patchelf")
+            .arg("--version")
+            .output()
+        else {
             panic!("patchelf is not installed (apt-get install patchelf); this test needs it");
         };
         assert!(out.status.success());
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("sh");
         std::fs::copy("/bin/sh", &f).unwrap();
-        let p = format!("/nix/store/{}-glibc-2.40-66/lib/ld-linux-x86-64.so.2", "a".repeat(200));
+        let p = format!(
+            "/nix/store/{}-glibc-2.40-66/lib/ld-linux-x86-64.so.2",
+            "a".repeat(200)
+        );
         let st = std::process::Command::new("patchelf")
             .args(["--set-interpreter", &p])
             .arg(&f)
@@ -287,7 +300,11 @@ mod tests {
         let b = std::fs::read(&f).unwrap();
         let fd = std::fs::File::open(&f).unwrap();
         assert_eq!(interpreter_at(&File(fd)), Interp::Path(p.clone()));
-        assert_ne!(interpreter(&b[..4096]), Interp::Path(p.clone()), "not past 4 KiB");
+        assert_ne!(
+            interpreter(&b[..4096]),
+            Interp::Path(p.clone()),
+            "not past 4 KiB"
+        );
         assert_eq!(interpreter(&b), Interp::Path(p));
     }
 

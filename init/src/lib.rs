@@ -15,6 +15,7 @@ pub mod elf;
 pub mod failure;
 pub mod modules;
 pub mod mounts;
+pub mod nixos;
 pub mod plan;
 pub mod report;
 pub mod store;
