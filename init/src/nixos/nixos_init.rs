@@ -29,7 +29,10 @@
 //!   immutable form. The `::` data-only layer needs Linux 6.5: NixOS asserts a kernel of at
 //!   least 6.6 for the etc overlay and has no fallback, so an older kernel is a failure at
 //!   `etc-overlay` that says so, before anything is changed.
-//! - `etc_confext`, `special_filesystems` and unknown fields: a warning naming each.
+//! - `special_filesystems` (newer nixpkgs; there is no activation script to mount them):
+//!   each mounted unless something is mounted there already (/dev, /proc, /sys, /run are);
+//!   a failure is a warning, since systemd mounts its own API filesystems anyway.
+//! - `etc_confext` and unknown fields: a warning naming each.
 //!
 //! Every input is checked before the root is touched (boot.json, image is erofs, basedir,
 //! kernel), and any failure goes to the failure policy: never a half-prepared root handed
@@ -48,6 +51,7 @@ pub const STEP_BOOT_JSON: &str = "boot-json";
 pub const STEP_STORE: &str = "nixos-init-store";
 pub const STEP_LINKS: &str = "nixos-init-links";
 pub const STEP_KERNEL: &str = "nixos-init-kernel";
+pub const STEP_SPECIAL: &str = "nixos-init-special";
 pub const STEP_ETC_IMAGE: &str = "etc-image";
 pub const STEP_ETC_BASEDIR: &str = "etc-basedir";
 pub const STEP_ETC_OVERLAY: &str = "etc-overlay";
@@ -156,6 +160,14 @@ pub enum Action {
         link: String,
         target: String,
     },
+    /// One of `special_filesystems`, unless something is mounted there already; a failure
+    /// is a warning (systemd mounts its API filesystems itself).
+    MountSpecial {
+        device: String,
+        target: String,
+        fstype: String,
+        options: String,
+    },
     /// Loop device + erofs at `metadata`, overlay at `target`.
     MountEtc {
         image: String,
@@ -175,6 +187,7 @@ impl Action {
             Action::RequireKernel { .. } | Action::MountEtc { .. } => STEP_ETC_OVERLAY,
             Action::StoreOwnerMode { .. } | Action::RemountStore { .. } => STEP_STORE,
             Action::WriteIfExists { .. } => STEP_KERNEL,
+            Action::MountSpecial { .. } => STEP_SPECIAL,
             Action::Symlink { .. } | Action::RemoveLink { .. } | Action::MkdirSymlink { .. } => {
                 STEP_LINKS
             }
@@ -195,14 +208,6 @@ fn warnings(ext: &NixosInitV1) -> Vec<Action> {
             "WARNING: {NIXOS_INIT_V1}.etc_confext ({} from {}) is NOT merged: this init does \
              not run systemd-confext; /etc lacks what that image provides",
             c.name, c.image
-        )));
-    }
-    if let Some(fs) = &ext.special_filesystems {
-        let points: Vec<&str> = fs.iter().map(|f| f.mountpoint.as_str()).collect();
-        out.push(Action::Warn(format!(
-            "WARNING: {NIXOS_INIT_V1}.special_filesystems ({}) not mounted by this init beyond \
-             /dev /proc /sys /run; systemd mounts its own API filesystems",
-            points.join(" ")
         )));
     }
     out
@@ -265,6 +270,14 @@ pub fn plan(
         store: r("/nix/store"),
         wanted: ext.nix_store_mount_opts.clone(),
     });
+    for f in ext.special_filesystems.iter().flatten() {
+        out.push(Action::MountSpecial {
+            device: f.device.clone(),
+            target: r(&f.mountpoint),
+            fstype: f.fstype.clone(),
+            options: f.options.join(","),
+        });
+    }
     for link in ["/run/booted-system", "/run/current-system"] {
         out.push(Action::Symlink {
             link: r(link),
@@ -566,6 +579,12 @@ fn execute(new_root: &str, a: &Action) -> Result<String, Failure> {
             atomic_symlink(target, link).map_err(sys(format!("ln -sfn {target} {link}")))?;
             Ok(format!("{link} -> {target}"))
         }
+        Action::MountSpecial {
+            device,
+            target,
+            fstype,
+            options,
+        } => Ok(mount_special(new_root, device, target, fstype, options)),
         Action::MountEtc {
             image,
             basedir,
@@ -661,6 +680,34 @@ fn remount_store(
         "{store} remounted with {} (had {current})",
         missing.join(",")
     ))
+}
+
+/// A special filesystem nothing is mounted on yet; what happened, for the log.
+fn mount_special(
+    new_root: &str,
+    device: &str,
+    target: &str,
+    fstype: &str,
+    options: &str,
+) -> String {
+    let info =
+        std::fs::read_to_string(format!("{new_root}/proc/self/mountinfo")).unwrap_or_default();
+    if mount_options(&info, target).is_some() {
+        return format!("{target} is mounted already");
+    }
+    let (mut flags, ro, data) = crate::plan::split_mount_options(options);
+    flags.read_only = ro == Some(true);
+    let cmd = crate::mounts::command(device, target, fstype, flags, &data);
+    if let Err((d, e)) = crate::mounts::mkdir_p(target) {
+        return format!("WARNING: {cmd}: cannot create {d}: {}", errno(e));
+    }
+    match crate::mounts::mount(device, target, fstype, flags, &data) {
+        Ok(()) => format!(
+            "{fstype} on {target} ({})",
+            crate::plan::options(flags, &data)
+        ),
+        Err(e) => format!("WARNING: {cmd} failed: {}", errno(e)),
+    }
 }
 
 /// `ln -sfn`: a temporary link renamed over the old one.
@@ -974,6 +1021,19 @@ mod tests {
             "{warns:?}"
         );
         assert!(!a.iter().any(|x| matches!(x, Action::MountEtc { .. })));
+    }
+
+    #[test]
+    fn special_filesystems_are_planned() {
+        let e = ext(r#"{"nix_store_mount_opts": [], "special_filesystems": [
+            {"mountpoint": "/run/keys", "device": "ramfs", "fstype": "ramfs", "options": ["nosuid", "nodev", "mode=750"]}]}"#);
+        let a = plan("/sysroot", "/nix/store/s", &e, "6.12").unwrap();
+        assert!(a.contains(&Action::MountSpecial {
+            device: "ramfs".into(),
+            target: "/sysroot/run/keys".into(),
+            fstype: "ramfs".into(),
+            options: "nosuid,nodev,mode=750".into()
+        }));
     }
 
     #[test]
