@@ -726,7 +726,9 @@ fn mount_etc(
     metadata: &str,
     target: &str,
 ) -> Result<String, Failure> {
-    let loopdev = loop_attach(step, new_root, image)?;
+    // The loop device's fd is held until erofs holds the device: with autoclear, the last
+    // close of an unmounted loop device detaches it.
+    let (loopdev, _held) = loop_attach(step, new_root, image)?;
     let ro = crate::plan::Flags {
         read_only: true,
         nosuid: true,
@@ -817,8 +819,13 @@ fn ioctl(fd: impl AsFd, opcode: u32, arg: *mut std::ffi::c_void) -> Result<i32, 
     }
 }
 
-/// Attaches `image` read-only (autoclear) to a free loop device; returns its path.
-fn loop_attach(step: &'static str, new_root: &str, image: &str) -> Result<String, Failure> {
+/// Attaches `image` read-only (autoclear) to a free loop device; returns its path and an
+/// open fd (closing it before something else holds the device detaches it).
+fn loop_attach(
+    step: &'static str,
+    new_root: &str,
+    image: &str,
+) -> Result<(String, OwnedFd), Failure> {
     let tried = format!("LOOP_CTL_GET_FREE on {new_root}/dev/loop-control, LOOP_CONFIGURE (or LOOP_SET_FD + LOOP_SET_STATUS64) read-only with {image}");
     let fail = |what: String, e: Errno| {
         Failure::new(step, format!("{what}: {}", errno(e)))
@@ -837,7 +844,7 @@ fn loop_attach(step: &'static str, new_root: &str, image: &str) -> Result<String
         let dev = format!("{new_root}/dev/loop{n}");
         let lo = open(&dev, OFlags::RDONLY).map_err(|e| fail(format!("open {dev}"), e))?;
         match configure(&lo, &file) {
-            Ok(()) => return Ok(dev),
+            Ok(()) => return Ok((dev, lo)),
             Err(Errno::BUSY) => last = Errno::BUSY,
             Err(e) => return Err(fail(format!("attach {image} to {dev}"), e)),
         }
@@ -1097,5 +1104,67 @@ mod tests {
     fn loop_structs_match_the_kernel_abi() {
         assert_eq!(std::mem::size_of::<LoopInfo64>(), 232);
         assert_eq!(std::mem::size_of::<LoopConfig>(), 304);
+    }
+
+    /// The syscall layer on the host's kernel: loop ioctls, erofs and the overlay with a
+    /// data-only layer, in a private mount namespace (the test re-runs itself under
+    /// `unshare -m`). The boot tests' kernel (6.1) refuses before reaching this code.
+    #[test]
+    #[ignore = "needs root, /dev/loop-control, mkfs.erofs and Linux >= 6.5 with loop, erofs, overlay; run with --ignored"]
+    fn etc_overlay_on_this_kernel() {
+        const MARK: &str = "NIXBOOT_TEST_IN_MOUNT_NS";
+        if std::env::var_os(MARK).is_none() {
+            let st = std::process::Command::new("unshare")
+                .args(["-m", "--propagation", "private"])
+                .arg(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "nixos::nixos_init::tests::etc_overlay_on_this_kernel",
+                ])
+                .args(["--ignored", "--test-threads=1", "--nocapture"])
+                .env(MARK, "1")
+                .status()
+                .unwrap();
+            assert!(st.success());
+            return;
+        }
+        // Never a bind mount of /dev under the temporary directory: its removal would
+        // delete the host's device links. The loop devices are the host's own /dev ("").
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_str().unwrap();
+        for d in ["tree", "nix/store/b-etc", "run/nixos-etc-metadata", "etc"] {
+            std::fs::create_dir_all(t.path().join(d)).unwrap();
+        }
+        std::fs::write(t.path().join("tree/hello"), "from the erofs image\n").unwrap();
+        let image = format!("{root}/nix/store/m-etc.erofs");
+        let st = std::process::Command::new("mkfs.erofs")
+            .args(["--quiet", &image, &format!("{root}/tree")])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert!(check_erofs("t", &image).is_ok());
+        let (meta, etc) = (
+            format!("{root}/run/nixos-etc-metadata"),
+            format!("{root}/etc"),
+        );
+        let msg = mount_etc(
+            "t",
+            "",
+            &image,
+            &format!("{root}/nix/store/b-etc"),
+            &meta,
+            &etc,
+        )
+        .unwrap_or_else(|f| panic!("{f:?}"));
+        let hello = std::fs::read_to_string(t.path().join("etc/hello"));
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let write = std::fs::write(t.path().join("etc/x"), "x");
+        // Unmounted before anything can fail and the directory is removed.
+        for m in [&etc, &meta] {
+            rustix::mount::unmount(m.as_str(), rustix::mount::UnmountFlags::DETACH).unwrap();
+        }
+        assert_eq!(hello.unwrap(), "from the erofs image\n", "{msg}");
+        assert_eq!(mount_options(&info, &etc), Some("ro,nosuid,nodev,relatime"));
+        assert!(write.is_err(), "/etc is read-only");
     }
 }
