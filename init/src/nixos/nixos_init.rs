@@ -213,6 +213,34 @@ fn warnings(ext: &NixosInitV1) -> Vec<Action> {
     out
 }
 
+/// The etc overlay's inputs (in the initramfs's view), `None` without an etc overlay; one
+/// without the other fails at the missing one's step.
+fn etc_inputs(
+    r: &dyn Fn(&str) -> String,
+    toplevel: &str,
+    ext: &NixosInitV1,
+    out: &mut Vec<Action>,
+) -> Result<Option<(String, String)>, Failure> {
+    let (step, missing, have) = match (&ext.etc_metadata_image, &ext.etc_basedir) {
+        (Some(image), Some(basedir)) => return Ok(Some((r(image), r(basedir)))),
+        (None, None) => {
+            out.push(Action::Warn(format!(
+                "WARNING: {NIXOS_INIT_V1} has no etc_metadata_image/etc_basedir \
+                 (system.etc.overlay disabled?): /etc is left as the root has it"
+            )));
+            return Ok(None);
+        }
+        (None, have) => (STEP_ETC_IMAGE, "etc_metadata_image", have),
+        (have, None) => (STEP_ETC_BASEDIR, "etc_basedir", have),
+    };
+    Err(Failure::new(
+        step,
+        format!("{NIXOS_INIT_V1}.{missing} is missing beside {have:?}"),
+    )
+    .tried(format!("read {toplevel}/boot.json"))
+    .check("the closure's boot.json: nixos-init.nix writes both or neither"))
+}
+
 /// Everything (c) does to `new_root` for `toplevel`, inputs checked first (pure).
 pub fn plan(
     new_root: &str,
@@ -222,34 +250,7 @@ pub fn plan(
 ) -> Result<Vec<Action>, Failure> {
     let r = |p: &str| format!("{new_root}{p}");
     let mut out = warnings(ext);
-    let etc = match (&ext.etc_metadata_image, &ext.etc_basedir) {
-        (Some(image), Some(basedir)) => Some((r(image), r(basedir))),
-        (None, None) => {
-            out.push(Action::Warn(format!(
-                "WARNING: {NIXOS_INIT_V1} has no etc_metadata_image/etc_basedir \
-                 (system.etc.overlay disabled?): /etc is left as the root has it"
-            )));
-            None
-        }
-        (image, basedir) => {
-            let missing = if image.is_none() {
-                "etc_metadata_image"
-            } else {
-                "etc_basedir"
-            };
-            let (step, have) = if image.is_none() {
-                (STEP_ETC_IMAGE, basedir)
-            } else {
-                (STEP_ETC_BASEDIR, image)
-            };
-            return Err(Failure::new(
-                step,
-                format!("{NIXOS_INIT_V1}.{missing} is missing beside {have:?}"),
-            )
-            .tried(format!("read {toplevel}/boot.json"))
-            .check("the closure's boot.json: nixos-init.nix writes both or neither"));
-        }
-    };
+    let etc = etc_inputs(&r, toplevel, ext, &mut out)?;
     if let Some((image, basedir)) = &etc {
         out.push(Action::CheckErofs {
             image: image.clone(),
@@ -278,41 +279,7 @@ pub fn plan(
             options: f.options.join(","),
         });
     }
-    for link in ["/run/booted-system", "/run/current-system"] {
-        out.push(Action::Symlink {
-            link: r(link),
-            target: toplevel.to_string(),
-        });
-    }
-    if let Some(m) = &ext.modprobe_binary {
-        out.push(Action::WriteIfExists {
-            path: r("/proc/sys/kernel/modprobe"),
-            value: m.clone(),
-        });
-    }
-    if let Some(f) = &ext.firmware {
-        out.push(Action::WriteIfExists {
-            path: r("/sys/module/firmware_class/parameters/path"),
-            value: f.clone(),
-        });
-    }
-    for (value, dir, name) in [
-        (&ext.env_binary, "/usr/bin", "env"),
-        (&ext.sh_binary, "/bin", "sh"),
-    ] {
-        match value.as_deref() {
-            None => {}
-            Some("") => out.push(Action::RemoveLink {
-                dir: r(dir),
-                link: r(&format!("{dir}/{name}")),
-            }),
-            Some(t) => out.push(Action::MkdirSymlink {
-                dir: r(dir),
-                link: r(&format!("{dir}/{name}")),
-                target: t.to_string(),
-            }),
-        }
-    }
+    activation(&r, toplevel, ext, &mut out);
     if let Some((image, basedir)) = etc {
         out.push(Action::MountEtc {
             image,
@@ -322,6 +289,47 @@ pub fn plan(
         });
     }
     Ok(out)
+}
+
+/// nixos-init's activate.rs: system links, kernel paths, /usr/bin/env and /bin/sh.
+fn activation(
+    r: &dyn Fn(&str) -> String,
+    toplevel: &str,
+    ext: &NixosInitV1,
+    out: &mut Vec<Action>,
+) {
+    for link in ["/run/booted-system", "/run/current-system"] {
+        out.push(Action::Symlink {
+            link: r(link),
+            target: toplevel.to_string(),
+        });
+    }
+    for (value, path) in [
+        (&ext.modprobe_binary, "/proc/sys/kernel/modprobe"),
+        (&ext.firmware, "/sys/module/firmware_class/parameters/path"),
+    ] {
+        if let Some(v) = value {
+            out.push(Action::WriteIfExists {
+                path: r(path),
+                value: v.clone(),
+            });
+        }
+    }
+    for (value, dir, name) in [
+        (&ext.env_binary, "/usr/bin", "env"),
+        (&ext.sh_binary, "/bin", "sh"),
+    ] {
+        let link = r(&format!("{dir}/{name}"));
+        match value.as_deref() {
+            None => {}
+            Some("") => out.push(Action::RemoveLink { dir: r(dir), link }),
+            Some(t) => out.push(Action::MkdirSymlink {
+                dir: r(dir),
+                link,
+                target: t.to_string(),
+            }),
+        }
+    }
 }
 
 /// The per-mount options of the last mount at `mountpoint` in /proc/self/mountinfo.
