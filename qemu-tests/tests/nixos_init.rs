@@ -249,3 +249,45 @@ fn etc_image_not_erofs_fails_at_its_step() {
         "touched{ctx}"
     );
 }
+
+/// Stage 1's /dev links, for the scripted flavour (a): stage-2-init.sh logs through process
+/// substitution, which bash opens as /dev/fd/N. The real bash (Debian's bash-static) reads
+/// from `<(...)`; without /dev/fd it prints `/dev/fd/63: No such file or directory`.
+#[test]
+fn stage2_script_process_substitution_works() {
+    let Some(kit) = kit("stage2_script_process_substitution_works") else {
+        return;
+    };
+    let store = kit.path("store");
+    let tools = fake_store_name(&kit.test, "tools");
+    std::fs::create_dir_all(store.join(&tools)).unwrap();
+    std::fs::copy("/bin/bash-static", store.join(&tools).join("bash"))
+        .expect("bash-static (apt-get install bash-static)");
+    std::fs::copy(kit.busybox(), store.join(&tools).join("busybox")).unwrap();
+    let name = fake_store_name(&kit.test, "nixos-system-scripted");
+    let dir = store.join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&kit.bins.probe, dir.join("systemd")).unwrap();
+    let (t, config) = (format!("/nix/store/{tools}"), format!("/nix/store/{name}"));
+    let script = format!(
+        "#!{t}/bash\n{t}/busybox mkdir -p /run/nixboot-test\n\
+         if read -r line < <(echo via-dev-fd); then r=$line; else r=failed; fi\n\
+         echo \"procsub=$r\" > /run/nixboot-test/stage-2\n\
+         exec {config}/systemd \"$@\"\n"
+    );
+    std::fs::write(dir.join("init"), script).unwrap();
+    common::chmod(&dir.join("init"), 0o755);
+    let s = System {
+        store,
+        dir,
+        toplevel: config,
+    };
+    let o = boot(&kit, &s, VIRTIOFS_MODULES);
+    let p = assert_booted(&o);
+    assert_eq!(p["test_files"]["stage-2"], "procsub=via-dev-fd\n", "{p}");
+    let ctx = common::context(&o);
+    assert!(
+        any_line(&o, "flavour", "(a) init is the stage-2 script"),
+        "{ctx}"
+    );
+}
