@@ -346,17 +346,24 @@ mod tests {
         let e = BootJson::parse(b"{\"org.nixos.bootspec.v1\": ").unwrap_err();
         assert!(matches!(e, BootspecError::NotJson { line: 1, .. }), "{e}");
         let e = BootJson::parse(b"[]").unwrap_err();
-        assert_eq!(e.to_string(), "boot.json: expected an object, found an array");
+        assert_eq!(
+            e.to_string(),
+            "boot.json: expected an object, found an array"
+        );
         let e = BootJson::parse(b"{}").unwrap_err();
         assert_eq!(e.to_string(), "org.nixos.bootspec.v1: missing");
         let e = BootJson::parse(br#"{"org.nixos.bootspec.v1":{"init":5}}"#).unwrap_err();
         assert!(
-            e.to_string().starts_with("org.nixos.bootspec.v1.init: invalid type: integer"),
+            e.to_string()
+                .starts_with("org.nixos.bootspec.v1.init: invalid type: integer"),
             "{e}"
         );
         let e = BootJson::parse(br#"{"org.nixos.bootspec.v1":{"init":"/x","kernelParams":"a"}}"#)
             .unwrap_err();
-        assert!(e.to_string().contains("kernelParams: invalid type: string"), "{e}");
+        assert!(
+            e.to_string().contains("kernelParams: invalid type: string"),
+            "{e}"
+        );
         let doc = br#"{"org.nixos.bootspec.v1":{"init":"/x"},
             "org.nixos.nixos-init.v1":{"nix_store_mount_opts":"ro"}}"#;
         let e = BootJson::parse(doc).unwrap().nixos_init().unwrap_err();
