@@ -1,4 +1,5 @@
-//! The one thing the init wants from an ELF file: its program interpreter (pure; no I/O).
+//! The one thing the init wants from an ELF file: its program interpreter (pure over
+//! [`ReadAt`]; [`File`] is the one positioned-read source).
 //!
 //! A dynamically linked next init (NixOS's systemd) whose loader is missing from the new
 //! root fails at execve with ENOENT, after the initramfs is gone; checking PT_INTERP
@@ -18,75 +19,135 @@ pub enum Interp {
     Unknown,
 }
 
-/// Finds PT_INTERP in the first bytes of a file (the interpreter string sits in the first
-/// page in practice; when it does not, the answer is [`Interp::Unknown`]).
-pub fn interpreter(b: &[u8]) -> Interp {
-    parse(b).unwrap_or(Interp::Unknown)
+/// Where the ELF bytes come from: a buffer (tests, fuzzing) or a file read with positioned
+/// reads (check-init), so that program headers and the interpreter string are found
+/// wherever they lie (patchelf puts a longer PT_INTERP at the end of the file).
+pub trait ReadAt {
+    /// Fills `buf` from offset `off`; `false` when the bytes are not there.
+    fn read_exact_at(&self, off: u64, buf: &mut [u8]) -> bool;
 }
 
-fn parse(b: &[u8]) -> Option<Interp> {
+impl ReadAt for [u8] {
+    fn read_exact_at(&self, off: u64, buf: &mut [u8]) -> bool {
+        let Ok(off) = usize::try_from(off) else {
+            return false;
+        };
+        match off
+            .checked_add(buf.len())
+            .and_then(|end| self.get(off..end))
+        {
+            Some(src) => {
+                buf.copy_from_slice(src);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// A file, read with pread(2) (the file position is not used).
+pub struct File<Fd: rustix::fd::AsFd>(pub Fd);
+
+impl<Fd: rustix::fd::AsFd> ReadAt for File<Fd> {
+    fn read_exact_at(&self, off: u64, buf: &mut [u8]) -> bool {
+        let mut got = 0;
+        while got < buf.len() {
+            let Some(at) = off.checked_add(got as u64) else {
+                return false;
+            };
+            match rustix::io::pread(&self.0, &mut buf[got..], at) {
+                Ok(0) => return false,
+                Ok(n) => got += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+}
+
+/// The interpreter of the ELF file in `b`.
+pub fn interpreter(b: &[u8]) -> Interp {
+    interpreter_at(b)
+}
+
+/// The interpreter of the ELF file `r`, read at the offsets its header gives.
+pub fn interpreter_at<R: ReadAt + ?Sized>(r: &R) -> Interp {
+    parse(r).unwrap_or(Interp::Unknown)
+}
+
+/// Opens `path` inside `root` (symlinks resolved with `root` as `/`) and reads its
+/// interpreter; `Unknown` when it cannot be opened.
+pub fn interpreter_in_root(root: &impl rustix::fd::AsFd, path: &str) -> Interp {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    match rustix::fs::openat2(
+        root,
+        path.trim_start_matches('/'),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT,
+    ) {
+        Ok(fd) => interpreter_at(&File(fd)),
+        Err(_) => Interp::Unknown,
+    }
+}
+
+/// Longest interpreter path read (PATH_MAX).
+const MAX_INTERP: usize = 4096;
+
+fn parse<R: ReadAt + ?Sized>(r: &R) -> Option<Interp> {
+    let mut ehdr = [0u8; 64];
+    // A 32-bit header is 52 bytes; read what is there.
+    if !r.read_exact_at(0, &mut ehdr) && !r.read_exact_at(0, &mut ehdr[..52]) {
+        return None;
+    }
+    let b = &ehdr[..];
     if !b.starts_with(b"\x7fELF") {
         return None;
     }
-    let class64 = match b.get(4)? {
+    let class64 = match b[4] {
         1 => false,
         2 => true,
         _ => return None,
     };
-    let little = match b.get(5)? {
+    let little = match b[5] {
         1 => true,
         2 => false,
         _ => return None,
     };
-    let u16_at = |at: usize| -> Option<u64> {
-        let x: [u8; 2] = b.get(at..at.checked_add(2)?)?.try_into().ok()?;
-        Some(u64::from(if little {
-            u16::from_le_bytes(x)
-        } else {
-            u16::from_be_bytes(x)
-        }))
-    };
-    let u32_at = |at: usize| -> Option<u64> {
-        let x: [u8; 4] = b.get(at..at.checked_add(4)?)?.try_into().ok()?;
-        Some(u64::from(if little {
-            u32::from_le_bytes(x)
-        } else {
-            u32::from_be_bytes(x)
-        }))
-    };
-    let u64_at = |at: usize| -> Option<u64> {
-        let x: [u8; 8] = b.get(at..at.checked_add(8)?)?.try_into().ok()?;
-        Some(if little {
-            u64::from_le_bytes(x)
-        } else {
-            u64::from_be_bytes(x)
-        })
-    };
-    let word = |at: usize| if class64 { u64_at(at) } else { u32_at(at) };
+    let num = Num { little };
     let (phoff, phentsize, phnum) = if class64 {
-        (u64_at(0x20)?, u16_at(0x36)?, u16_at(0x38)?)
+        (num.u64(b, 0x20)?, num.u16(b, 0x36)?, num.u16(b, 0x38)?)
     } else {
-        (u32_at(0x1c)?, u16_at(0x2a)?, u16_at(0x2c)?)
+        (num.u32(b, 0x1c)?, num.u16(b, 0x2a)?, num.u16(b, 0x2c)?)
     };
-    let phoff = usize::try_from(phoff).ok()?;
     let phentsize = usize::try_from(phentsize).ok()?;
     if phentsize < if class64 { 56 } else { 32 } {
         return if phnum == 0 { Some(Interp::None) } else { None };
     }
-    for i in 0..usize::try_from(phnum).ok()?.min(MAX_PHDRS) {
-        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
-        if u32_at(ph)? != u64::from(PT_INTERP) {
+    let phnum = usize::try_from(phnum).ok()?.min(MAX_PHDRS);
+    let mut table = vec![0u8; phnum.checked_mul(phentsize)?];
+    if !r.read_exact_at(phoff, &mut table) {
+        return None;
+    }
+    for ph in table.chunks_exact(phentsize) {
+        if num.u32(ph, 0)? != u64::from(PT_INTERP) {
             continue;
         }
         let (off, size) = if class64 {
-            (word(ph.checked_add(8)?)?, word(ph.checked_add(32)?)?)
+            (num.u64(ph, 8)?, num.u64(ph, 32)?)
         } else {
-            (word(ph.checked_add(4)?)?, word(ph.checked_add(16)?)?)
+            (num.u32(ph, 4)?, num.u32(ph, 16)?)
         };
-        let off = usize::try_from(off).ok()?;
-        let end = off.checked_add(usize::try_from(size).ok()?)?;
-        let raw = b.get(off..end)?;
-        let raw = raw.split(|c| *c == 0).next().unwrap_or(raw);
+        let size = usize::try_from(size).ok()?;
+        if size == 0 || size > MAX_INTERP {
+            return None;
+        }
+        let mut raw = vec![0u8; size];
+        if !r.read_exact_at(off, &mut raw) {
+            return None;
+        }
+        let raw = raw.split(|c| *c == 0).next().unwrap_or(&raw);
         let path = std::str::from_utf8(raw).ok()?;
         return Some(if path.is_empty() {
             Interp::Unknown
@@ -95,6 +156,38 @@ fn parse(b: &[u8]) -> Option<Interp> {
         });
     }
     Some(Interp::None)
+}
+
+/// Integers of the file's byte order.
+struct Num {
+    little: bool,
+}
+
+impl Num {
+    fn u16(&self, b: &[u8], at: usize) -> Option<u64> {
+        let x: [u8; 2] = b.get(at..at.checked_add(2)?)?.try_into().ok()?;
+        Some(u64::from(if self.little {
+            u16::from_le_bytes(x)
+        } else {
+            u16::from_be_bytes(x)
+        }))
+    }
+    fn u32(&self, b: &[u8], at: usize) -> Option<u64> {
+        let x: [u8; 4] = b.get(at..at.checked_add(4)?)?.try_into().ok()?;
+        Some(u64::from(if self.little {
+            u32::from_le_bytes(x)
+        } else {
+            u32::from_be_bytes(x)
+        }))
+    }
+    fn u64(&self, b: &[u8], at: usize) -> Option<u64> {
+        let x: [u8; 8] = b.get(at..at.checked_add(8)?)?.try_into().ok()?;
+        Some(if self.little {
+            u64::from_le_bytes(x)
+        } else {
+            u64::from_be_bytes(x)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -139,6 +232,80 @@ mod tests {
         let mut b = elf64(None);
         b[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes());
         assert_eq!(interpreter(&b), Interp::Unknown);
+    }
+
+    /// patchelf's layout: the program headers and the (longer) interpreter string moved
+    /// past the first page, at the end of the file.
+    fn elf64_interp_far(p: &str) -> Vec<u8> {
+        let mut b = elf64(None);
+        b.resize(20_000, 0);
+        let phoff = 16_384usize;
+        b[0x20..0x28].copy_from_slice(&(phoff as u64).to_le_bytes());
+        b[phoff..phoff + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        let ph = phoff + 56;
+        let at = 19_000usize;
+        b[ph..ph + 4].copy_from_slice(&PT_INTERP.to_le_bytes());
+        b[ph + 8..ph + 16].copy_from_slice(&(at as u64).to_le_bytes());
+        b[ph + 32..ph + 40].copy_from_slice(&(p.len() as u64 + 1).to_le_bytes());
+        b[at..at + p.len()].copy_from_slice(p.as_bytes());
+        b
+    }
+
+    #[test]
+    fn interpreter_past_the_first_page() {
+        let p =
+            "/nix/store/0123456789abcdef0123456789abcdef-glibc-2.40-66/lib/ld-linux-x86-64.so.2";
+        let b = elf64_interp_far(p);
+        assert_eq!(interpreter(&b), Interp::Path(p.into()));
+        // The first page alone does not hold it: the old 4 KiB read could not find it.
+        assert_eq!(interpreter(&b[..4096]), Interp::Unknown);
+        // The same from a file, with positioned reads.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("systemd");
+        std::fs::write(&f, &b).unwrap();
+        let fd = std::fs::File::open(&f).unwrap();
+        assert_eq!(interpreter_at(&File(fd)), Interp::Path(p.into()));
+        let root = std::fs::File::open(dir.path()).unwrap();
+        assert_eq!(
+            interpreter_in_root(&root, "/systemd"),
+            Interp::Path(p.into())
+        );
+        assert_eq!(interpreter_in_root(&root, "/missing"), Interp::Unknown);
+    }
+
+    /// A real patchelf'd binary, when patchelf is installed: the interpreter set to a long
+    /// store path lands past the first page.
+    #[test]
+    fn patchelf_moved_interpreter() {
+        let Ok(out) = std::process::Command::new("patchelf")
+            .arg("--version")
+            .output()
+        else {
+            panic!("patchelf is not installed (apt-get install patchelf); this test needs it");
+        };
+        assert!(out.status.success());
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("sh");
+        std::fs::copy("/bin/sh", &f).unwrap();
+        let p = format!(
+            "/nix/store/{}-glibc-2.40-66/lib/ld-linux-x86-64.so.2",
+            "a".repeat(200)
+        );
+        let st = std::process::Command::new("patchelf")
+            .args(["--set-interpreter", &p])
+            .arg(&f)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let b = std::fs::read(&f).unwrap();
+        let fd = std::fs::File::open(&f).unwrap();
+        assert_eq!(interpreter_at(&File(fd)), Interp::Path(p.clone()));
+        assert_ne!(
+            interpreter(&b[..4096]),
+            Interp::Path(p.clone()),
+            "not past 4 KiB"
+        );
+        assert_eq!(interpreter(&b), Interp::Path(p));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use crate::{Error, Result};
 use std::path::{Component, Path, PathBuf};
 
-const V1: &str = "org.nixos.bootspec.v1";
+use nixboot_protocol::bootspec::BootJson;
 /// Where the guest sees the store, whatever directory the host shares.
 pub const GUEST_STORE: &str = "/nix/store";
 
@@ -30,39 +30,17 @@ impl BootSpec {
         })
     }
 
+    /// Through the one boot.json reader (nixboot_protocol::bootspec); the launcher keeps
+    /// only what it boots with.
     pub fn parse(bytes: &[u8]) -> std::result::Result<BootSpec, String> {
-        let doc: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-        let v1 = doc
-            .get(V1)
-            .ok_or_else(|| format!("no {V1:?} object (not a bootspec v1 document)"))?;
-        let string = |k: &str| -> std::result::Result<Option<String>, String> {
-            match v1.get(k) {
-                None | Some(serde_json::Value::Null) => Ok(None),
-                Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
-                Some(_) => Err(format!("{V1}.{k} is not a string")),
-            }
-        };
-        let init = string("init")?.ok_or_else(|| format!("{V1}.init is missing"))?;
-        let kernel_params = match v1.get("kernelParams") {
-            None | Some(serde_json::Value::Null) => Vec::new(),
-            Some(serde_json::Value::Array(a)) => a
-                .iter()
-                .map(|p| {
-                    p.as_str()
-                        .map(str::to_string)
-                        .ok_or_else(|| format!("{V1}.kernelParams holds a non-string"))
-                })
-                .collect::<std::result::Result<_, _>>()?,
-            Some(_) => return Err(format!("{V1}.kernelParams is not an array")),
-        };
+        let v1 = BootJson::parse(bytes).map_err(|e| e.to_string())?.v1;
         Ok(BootSpec {
-            init,
-            kernel: string("kernel")?,
-            initrd: string("initrd")?,
-            kernel_params,
-            label: string("label")?,
-            toplevel: string("toplevel")?,
+            init: v1.init,
+            kernel: v1.kernel,
+            initrd: v1.initrd,
+            kernel_params: v1.kernel_params,
+            label: v1.label,
+            toplevel: v1.toplevel,
         })
     }
 }
@@ -231,10 +209,12 @@ mod tests {
 
     #[test]
     fn bootspec_errors() {
-        assert!(BootSpec::parse(b"{}").unwrap_err().contains("bootspec v1"));
+        assert!(BootSpec::parse(b"{}")
+            .unwrap_err()
+            .contains("org.nixos.bootspec.v1: missing"));
         assert!(BootSpec::parse(br#"{"org.nixos.bootspec.v1":{}}"#)
             .unwrap_err()
-            .contains("init is missing"));
+            .contains("org.nixos.bootspec.v1.init: missing"));
         assert!(
             BootSpec::parse(br#"{"org.nixos.bootspec.v1":{"init":"/x","kernelParams":"a"}}"#)
                 .is_err()

@@ -6,8 +6,6 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
 /// The store every guest sees; closures outside it are assumed to be copied there.
 pub const STORE_DIR: &str = "/nix/store";
 
@@ -30,37 +28,12 @@ pub enum ClosureError {
     NonUtf8 { path: PathBuf },
 }
 
-/// The parts of bootspec v1 (RFC 0125) that mkinitrd uses; other fields are ignored.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BootspecV1 {
-    /// The next init (`$toplevel/init`).
-    pub init: String,
-    #[serde(default)]
-    pub kernel_params: Vec<String>,
-    #[serde(default)]
-    pub toplevel: Option<String>,
-    #[serde(default)]
-    pub kernel: Option<String>,
-    #[serde(default)]
-    pub initrd: Option<String>,
-    #[serde(default)]
-    pub label: Option<String>,
-    #[serde(default)]
-    pub system: Option<String>,
-}
+/// bootspec v1 (RFC 0125), as the one boot.json reader (nixboot_protocol::bootspec) types it.
+pub use nixboot_protocol::bootspec::BootSpecV1 as BootspecV1;
 
-#[derive(Deserialize)]
-struct BootJson {
-    #[serde(rename = "org.nixos.bootspec.v1")]
-    v1: BootspecV1,
-}
-
-impl BootspecV1 {
-    /// Parses a whole `boot.json` document.
-    pub fn parse(bytes: &[u8]) -> Result<BootspecV1, serde_json::Error> {
-        serde_json::from_slice::<BootJson>(bytes).map(|b| b.v1)
-    }
+/// The `org.nixos.bootspec.v1` part of a whole `boot.json` document.
+fn parse_bootspec(bytes: &[u8]) -> Result<BootspecV1, nixboot_protocol::bootspec::BootspecError> {
+    nixboot_protocol::bootspec::BootJson::parse(bytes).map(|d| d.v1)
 }
 
 /// A validated closure.
@@ -102,12 +75,10 @@ impl Closure {
         }
         let boot_json = path.join("boot.json");
         let bootspec = match fs::read(&boot_json) {
-            Ok(bytes) => Some(
-                BootspecV1::parse(&bytes).map_err(|e| ClosureError::Bootspec {
-                    path: boot_json.clone(),
-                    message: e.to_string(),
-                })?,
-            ),
+            Ok(bytes) => Some(parse_bootspec(&bytes).map_err(|e| ClosureError::Bootspec {
+                path: boot_json.clone(),
+                message: e.to_string(),
+            })?),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(source) => {
                 return Err(ClosureError::Unreadable {

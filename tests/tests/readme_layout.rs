@@ -24,7 +24,10 @@ fn layout_rows(readme: &str) -> Vec<(String, String)> {
         .filter(|l| l.starts_with("| `"))
         .map(|l| {
             let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
-            (cells[0].to_string(), cells.get(1).unwrap_or(&"").to_string())
+            (
+                cells[0].to_string(),
+                cells.get(1).unwrap_or(&"").to_string(),
+            )
         })
         .collect()
 }
@@ -100,7 +103,9 @@ fn readme_layout_names_what_is_there() {
             .collect();
         for m in top_modules(&src) {
             if !named.contains(&m) {
-                problems.push(format!("{first}src/{m}: a module the Layout row does not name"));
+                problems.push(format!(
+                    "{first}src/{m}: a module the Layout row does not name"
+                ));
             }
         }
         for n in &named {
@@ -109,5 +114,9 @@ fn readme_layout_names_what_is_there() {
             }
         }
     }
-    assert!(problems.is_empty(), "README Layout vs tree:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "README Layout vs tree:\n{}",
+        problems.join("\n")
+    );
 }

@@ -33,7 +33,8 @@ pub fn check_init(step: &'static str, new_root: &str, path: &str) -> Result<Vec<
     // The kernel runs ELF files and #! scripts; anything else would fail at execve, after
     // the initramfs is gone.
     let interp = if header.starts_with(b"\x7fELF") {
-        match crate::elf::interpreter(&header) {
+        // Positioned reads of the file itself: PT_INTERP may lie past `header` (patchelf).
+        match crate::elf::interpreter_in_root(&root, path) {
             crate::elf::Interp::Path(p) => Some(("loader", p)),
             crate::elf::Interp::None => None,
             crate::elf::Interp::Unknown => {

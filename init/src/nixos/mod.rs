@@ -5,6 +5,7 @@
 
 pub mod check_init;
 pub mod flavour;
+pub mod nixos_init;
 pub mod prepare_root;
 pub mod resolve;
 
@@ -14,6 +15,10 @@ use flavour::Flavour;
 
 /// The prepare-root step: detects the flavour, does what it needs; `Ok` is the log line.
 pub fn prepare(step: &'static str, new_root: &str, init: &str) -> Result<String, Failure> {
+    // HOOK (issue 9): the nixos-init flavour (c) is detected and prepared here for now.
+    if let Some(done) = nixos_init::prepare(step, new_root, init)? {
+        return Ok(done);
+    }
     match flavour::detect(step, new_root, init)? {
         Flavour::Stage2 { note } => Ok(note),
         Flavour::SystemdPrepareRoot { prepare } => {
