@@ -313,6 +313,8 @@ let
         system.etc.overlay = { enable = true; mutable = false; };
         systemd.sysusers.enable = true;
         users.mutableUsers = false;
+        # Immutable users and no password: NixOS asks to confirm the lock-out.
+        users.allowNoPasswordLogin = true;
         system.nixos-init.enable = true;
       };
       external = { boot.kernel.enable = false; nixboot.kernel.externalImage = "/boot/bzImage"; };
@@ -353,7 +355,7 @@ let
           bj = bootJson good;
           xj = bootJson ext;
           init = bj.doc."org.nixos.nixos-init.v1";
-          plainJson = v: builtins.fromJSON (builtins.toJSON v);
+          plainJson = v: builtins.fromJSON (builtins.unsafeDiscardStringContext (builtins.toJSON v));
         in
         [
           (check (all (m: ours m it) [ "loop" "erofs" "overlay" ]) "etc overlay: mkinitrd --module loop, erofs, overlay")
