@@ -45,8 +45,14 @@ let
   nixosInit = optionSet [ "system" "nixos-init" "enable" ];
   # What mounting the /etc overlay needs, loaded by the init before the switch.
   etcOverlayModules = [ "loop" "erofs" "overlay" ];
-  etcModulesCarried = cfg.initrd.modulesDir != null
-    && lib.all (m: lib.elem m cfg.initrd.kernelModules) etcOverlayModules;
+  etcModulesMissing = lib.filter (m: !lib.elem m cfg.initrd.kernelModules) etcOverlayModules;
+  etcModulesCarried = cfg.initrd.modulesDir != null && etcModulesMissing == [ ];
+  etcModulesWhyNot =
+    if cfg.initrd.modulesDir == null then
+      "the initrd carries no modules (nixboot.initrd.modulesDir is null: an external kernel). "
+      + "Set nixboot.initrd.modulesDir to that kernel's lib/modules/<version>; mkinitrd "
+      + "accepts the ones it has built in"
+    else "nixboot.initrd.kernelModules lacks ${lib.concatStringsSep ", " etcModulesMissing}";
 
   # `pkgs.nixboot` when the flake's overlay is applied, else the same expressions.
   nixbootPkgs = pkgs.nixboot or (import ../packages { inherit pkgs; });
@@ -314,16 +320,14 @@ in
           message = ''
             nixboot: with system.nixos-init.enable, set system.etc.overlay.mutable = false.
             nixboot's init mounts /etc as the read-only overlay of the metadata image over
-            etc_basedir; NixOS's initrd adds a writable upper layer (/.rw-etc) for a mutable
-            /etc, and boot.json does not say which one a system wants.'';
+            etc_basedir; a mutable /etc needs the writable upper layer (/.rw-etc) that
+            NixOS's own initrd prepares (rw-etc.service, clear-etc-opaque), which it does not.'';
         }
         {
           assertion = nixosInit -> etcModulesCarried;
           message = ''
             nixboot: system.nixos-init.enable needs loop, erofs and overlay in nixboot's initrd
-            (the init mounts /etc before the switch), but ${if cfg.initrd.modulesDir == null
-              then "the initrd carries no modules (nixboot.initrd.modulesDir is null: an external kernel). Set nixboot.initrd.modulesDir to that kernel's lib/modules/<version>; mkinitrd accepts the ones it has built in"
-              else "nixboot.initrd.kernelModules lacks ${lib.concatStringsSep ", " (lib.filter (m: !lib.elem m cfg.initrd.kernelModules) etcOverlayModules)}"}.'';
+            (the init mounts /etc before the switch), but ${etcModulesWhyNot}.'';
         }
       ];
     })
