@@ -11,21 +11,48 @@
 # The extension `org.nixboot.v1` repeats it with nixboot's own facts (mode, virtiofs tags,
 # whether the kernel is external) for launchers that want them.
 #
-# Both closure flavours boot: scripted stage 1 (toplevel/init is the stage-2 script, exec'd
-# by the init) and `boot.initrd.systemd.enable` (toplevel/init is systemd; the init runs
-# toplevel/prepare-root first). NixOS's own initrd is never built in either case.
+# The two older closure flavours boot: scripted stage 1 (toplevel/init is the stage-2
+# script, exec'd by the init) and `boot.initrd.systemd.enable` (toplevel/init is systemd;
+# the init runs toplevel/prepare-root first). NixOS's own initrd is never built.
 #
 # With an external kernel (`boot.kernel.enable = false`) nixpkgs' bootspec writer would still
 # put `${boot.kernelPackages.kernel}/bzImage` into boot.json (and so a NixOS kernel into the
 # build); we then replace the writer (`boot.bootspec.writer`) with one that writes the same
-# v1 document with `kernel = nixboot.kernel.externalImage`.
-{ config, lib, pkgs, ... }:
+# v1 document with `kernel = nixboot.kernel.externalImage`. That writer, like nixpkgs', starts
+# from `boot.bootspec.extensions`, so every extension (`org.nixos.nixos-init.v1`, ...) is kept.
+#
+# The third flavour, nixos-init (nixpkgs 26.05, `system.nixos-init.enable`): no prepare-root;
+# the init does what nixos-init's initrd-init does, reading boot.json's
+# `org.nixos.nixos-init.v1`, and mounts /etc as the read-only overlay of the erofs metadata
+# image over `etc_basedir` (docs/nixos-handoff.md). So with `system.etc.overlay.enable` the
+# initrd carries loop, erofs and overlay, and the assertions below refuse what the init
+# cannot do: an etc overlay without nixos-init (NixOS's initrd mounts that /etc with mount
+# units we replace, and prepare-root then skips /etc), a mutable etc overlay, and nixos-init
+# without those three modules in the initrd. The options are looked up in `options` first:
+# nixpkgs 24.05 has `system.etc.overlay` but no `system.nixos-init`.
+{ config, lib, pkgs, options, ... }:
 let
   inherit (lib) mkOption mkEnableOption mkIf mkMerge types literalExpression;
 
   cfg = config.nixboot;
   kernelEnabled = config.boot.kernel.enable;
   kernel = config.boot.kernelPackages.kernel;
+
+  # Options that only some nixpkgs versions declare: false where they do not exist.
+  optionSet = path: lib.hasAttrByPath path options && lib.attrByPath path false config;
+  etcOverlay = optionSet [ "system" "etc" "overlay" "enable" ];
+  etcOverlayMutable = etcOverlay && optionSet [ "system" "etc" "overlay" "mutable" ];
+  nixosInit = optionSet [ "system" "nixos-init" "enable" ];
+  # What mounting the /etc overlay needs, loaded by the init before the switch.
+  etcOverlayModules = [ "loop" "erofs" "overlay" ];
+  etcModulesMissing = lib.filter (m: !lib.elem m cfg.initrd.kernelModules) etcOverlayModules;
+  etcModulesCarried = cfg.initrd.modulesDir != null && etcModulesMissing == [ ];
+  etcModulesWhyNot =
+    if cfg.initrd.modulesDir == null then
+      "the initrd carries no modules (nixboot.initrd.modulesDir is null: an external kernel). "
+      + "Set nixboot.initrd.modulesDir to that kernel's lib/modules/<version>; mkinitrd "
+      + "accepts the ones it has built in"
+    else "nixboot.initrd.kernelModules lacks ${lib.concatStringsSep ", " etcModulesMissing}";
 
   # `pkgs.nixboot` when the flake's overlay is applied, else the same expressions.
   nixbootPkgs = pkgs.nixboot or (import ../packages { inherit pkgs; });
@@ -67,6 +94,9 @@ let
     kernelParams = config.boot.kernelParams;
     externalKernel = !kernelEnabled;
     virtiofs = cfg.internal.virtiofs;
+  } // lib.optionalAttrs etcOverlay {
+    # Not in org.nixos.nixos-init.v1, which only names the image and the base directory.
+    etcOverlay.mutable = etcOverlayMutable;
   };
 
   # --- bootspec writer for an external kernel (same document shape as nixpkgs' v1) ---
@@ -159,8 +189,9 @@ in
         example = [ "virtio_pci" "virtiofs" ];
         description = ''
           Kernel modules mkinitrd packs and the init loads, by name; mkinitrd adds their
-          dependencies in load order. The backends add what their root and store need.
-          Ignored when {option}`nixboot.initrd.modulesDir` is null.
+          dependencies in load order. The backends add what their root and store need;
+          with `system.etc.overlay.enable`, loop, erofs and overlay are added (the init
+          mounts /etc). Ignored when {option}`nixboot.initrd.modulesDir` is null.
         '';
       };
 
@@ -253,6 +284,9 @@ in
       boot.bootspec.extensions."org.nixboot.v1" = extension;
       boot.bootspec.writer = mkIf (!kernelEnabled) (lib.mkForce externalWriter);
 
+      # mkinitrd accepts modules the kernel has built in (modules.builtin).
+      nixboot.initrd.kernelModules = mkIf etcOverlay etcOverlayModules;
+
       boot.kernelParams =
         map (c: "console=${c}") cfg.consoles
         ++ lib.optional (cfg.initrd.timeout != null) "rd.timeout=${toString cfg.initrd.timeout}"
@@ -270,6 +304,30 @@ in
         {
           assertion = kernelEnabled || config.boot.bootspec.enable;
           message = "nixboot: an external kernel needs boot.json (boot.bootspec.enable).";
+        }
+        {
+          assertion = etcOverlay -> nixosInit;
+          message = ''
+            nixboot: system.etc.overlay.enable needs system.nixos-init.enable (nixpkgs 26.05 or
+            later) with nixboot's initrd. Without nixos-init, NixOS mounts the /etc overlay with
+            mount units of its own systemd initrd, which nixboot's initrd replaces, and
+            prepare-root skips /etc (IN_NIXOS_SYSTEMD_STAGE1): the system would start with an
+            empty /etc. With nixos-init, nixboot's init mounts /etc from boot.json's
+            org.nixos.nixos-init.v1 (etc_metadata_image, etc_basedir).'';
+        }
+        {
+          assertion = nixosInit -> !etcOverlayMutable;
+          message = ''
+            nixboot: with system.nixos-init.enable, set system.etc.overlay.mutable = false.
+            nixboot's init mounts /etc as the read-only overlay of the metadata image over
+            etc_basedir; a mutable /etc needs the writable upper layer (/.rw-etc) that
+            NixOS's own initrd prepares (rw-etc.service, clear-etc-opaque), which it does not.'';
+        }
+        {
+          assertion = nixosInit -> etcModulesCarried;
+          message = ''
+            nixboot: system.nixos-init.enable needs loop, erofs and overlay in nixboot's initrd
+            (the init mounts /etc before the switch), but ${etcModulesWhyNot}.'';
         }
       ];
     })

@@ -279,6 +279,104 @@ let
         (check (failed [{ nixboot.backends.imageless.enable = true; }] == [ ]) "a plain imageless machine passes every assertion")
       ];
     };
+  # ------------------------------------------------------------------ nixos-init
+  # The third closure flavour (nixpkgs 26.05 `system.nixos-init.enable`; docs/nixos-handoff.md)
+  # and the etc overlay. nixpkgs 24.05 has `system.etc.overlay` but no nixos-init: on such a
+  # tree `nixosInitStub` below stands in for nixos/modules/system/boot/nixos-init.nix.
+  # It is a STUB, used by this test only: the option (no implementation) and the boot.json
+  # extension that 26.05 writes for every toplevel. On a tree that has nixos-init, the real
+  # module is used and the stub is left out.
+  nixosInit =
+    let
+      check = checker "nixosinit";
+      base = { nixpkgs.hostPlatform = "x86_64-linux"; system.stateVersion = "24.05"; };
+      imageless = [ modules.default base ../templates/imageless/configuration.nix ];
+      treeHasNixosInit = lib.hasAttrByPath [ "system" "nixos-init" "enable" ]
+        (nixosSystem { modules = [ base ]; }).options;
+      nixosInitStub = { config, lib, pkgs, ... }: {
+        options.system.nixos-init.enable = lib.mkEnableOption "STUB of nixpkgs 26.05's nixos-init (nixboot's eval test only)";
+        config.boot.bootspec.extensions."org.nixos.nixos-init.v1" = {
+          firmware = "${config.hardware.firmware}/lib/firmware";
+          modprobe_binary = "${pkgs.kmod}/bin/modprobe";
+          nix_store_mount_opts = [ "ro" "nosuid" "nodev" ];
+          sh_binary = config.environment.binsh;
+        } // lib.optionalAttrs config.system.etc.overlay.enable {
+          etc_metadata_image = config.system.build.etcMetadataImage;
+          etc_basedir = config.system.build.etcBasedir;
+        };
+      };
+      sys = extra: nixosSystem { modules = imageless ++ lib.optional (!treeHasNixosInit) nixosInitStub ++ extra; };
+      failed = c: map (a: a.message) (filter (a: !a.assertion) c.assertions);
+      # What nixos-init requires of a system (its own assertions in 26.05), immutable /etc.
+      nixosInitSystem = {
+        boot.initrd.systemd.enable = true;
+        system.etc.overlay = { enable = true; mutable = false; };
+        systemd.sysusers.enable = true;
+        users.mutableUsers = false;
+        # Immutable users and no password: NixOS asks to confirm the lock-out.
+        users.allowNoPasswordLogin = true;
+        system.nixos-init.enable = true;
+      };
+      external = { boot.kernel.enable = false; nixboot.kernel.externalImage = "/boot/bzImage"; };
+      # Any other extension must survive our writer as well.
+      otherExtension = { boot.bootspec.extensions."org.example.nixboot-test.v1" = { list = [ 1 "two" { three = true; } ]; nothing = null; }; };
+      good = (sys [ nixosInitSystem ]).config;
+      ext = (sys [ external otherExtension ]).config;
+      rejects = what: needle: mods:
+        check (any (hasInfix needle) (failed (sys mods).config)) "rejected: ${what}";
+      plain = examples.example-imageless.config;
+      ours = m: hasInfix "'--module' '${m}'";
+    in
+    {
+      facts = strict ([
+        (check good.system.nixos-init.enable (if treeHasNixosInit
+          then "system.nixos-init.enable = true (this nixpkgs declares it: the real module)"
+          else "system.nixos-init.enable = true (this nixpkgs lacks it: the test's STUB declaration and extension)"))
+        (check (failed good == [ ]) "nixos-init + immutable etc overlay + sysusers on nixboot's imageless initrd passes every assertion")
+        (check (all (m: elem m good.nixboot.initrd.kernelModules) [ "loop" "erofs" "overlay" ])
+          "etc overlay: nixboot.initrd.kernelModules has loop, erofs, overlay")
+        (check (!any (m: elem m plain.nixboot.initrd.kernelModules) [ "loop" "erofs" ])
+          "no etc overlay: the initrd carries no loop, erofs")
+        (check ((good.boot.bootspec.extensions."org.nixboot.v1".etcOverlay.mutable or null) == false
+          && !(plain.boot.bootspec.extensions."org.nixboot.v1" ? etcOverlay))
+          "org.nixboot.v1.etcOverlay.mutable = false with the overlay, absent without")
+        (rejects "an etc overlay without nixos-init (flavour b: /etc would stay empty)" "needs system.nixos-init.enable"
+          [ nixosInitSystem { system.nixos-init.enable = lib.mkForce false; } ])
+        (rejects "nixos-init with a mutable /etc (the init mounts it read-only)" "system.etc.overlay.mutable = false"
+          [ nixosInitSystem { system.etc.overlay.mutable = lib.mkForce true; users.mutableUsers = lib.mkForce true; } ])
+        (rejects "nixos-init with an external kernel and no modules in the initrd" "the initrd carries no modules"
+          [ nixosInitSystem external ])
+        (rejects "nixos-init with overlay missing from nixboot.initrd.kernelModules" "lacks overlay"
+          [ nixosInitSystem { nixboot.initrd.kernelModules = lib.mkForce [ "virtio_pci" "virtiofs" "loop" "erofs" ]; } ])
+      ] ++ lib.optionals readDrvs (
+        let
+          it = drvText good.system.build.nixbootInitrd;
+          pt = drvText plain.system.build.nixbootInitrd;
+          bj = bootJson good;
+          xj = bootJson ext;
+          init = bj.doc."org.nixos.nixos-init.v1" or { };
+          plainJson = v: builtins.fromJSON (builtins.unsafeDiscardStringContext (builtins.toJSON v));
+        in
+        [
+          (check (all (m: ours m it) [ "loop" "erofs" "overlay" ]) "etc overlay: mkinitrd --module loop, erofs, overlay")
+          (check (!ours "erofs" pt && !ours "loop" pt) "no etc overlay: mkinitrd gets no --module loop, erofs")
+          (check ((init.etc_metadata_image or null) == "${good.system.build.etcMetadataImage}"
+            && (init.etc_basedir or null) == "${good.system.build.etcBasedir}")
+            "boot.json org.nixos.nixos-init.v1 names the etc metadata image and basedir")
+          (check ((bj.doc."org.nixboot.v1".etcOverlay.mutable or null) == false) "boot.json org.nixboot.v1.etcOverlay.mutable = false")
+          (check (!ext.boot.kernel.enable && (xj.doc."org.nixos.bootspec.v1".kernel or null) == "/boot/bzImage")
+            "external kernel: boot.json is nixboot's writer's (kernel = /boot/bzImage)")
+          (check (all (k: (xj.doc.${k} or null) == plainJson ext.boot.bootspec.extensions.${k})
+            [ "org.nixos.nixos-init.v1" "org.example.nixboot-test.v1" "org.nixboot.v1" ])
+            "external-kernel writer keeps every extension (${lib.concatStringsSep ", " (lib.filter (k: k != "org.nixos.bootspec.v1") (builtins.attrNames xj.doc))})")
+          (check (lib.sort (a: b: a < b) (builtins.attrNames bj.doc)
+            == lib.sort (a: b: a < b) ([ "org.nixos.bootspec.v1" ] ++ builtins.attrNames good.boot.bootspec.extensions))
+            "nixpkgs' writer (NixOS kernel): boot.json holds exactly v1 and every extension")
+        ]) ++ [
+        (toplevelFact check good)
+      ]);
+    };
+
   # ------------------------------------------------------------------ flake outputs
   flakeOutputs =
     let
@@ -333,4 +431,5 @@ let
 in
 {
   inherit imageless libvirt baremetal controller assertions;
+  nixosinit = nixosInit;
 } // lib.optionalAttrs (flake != null) { flake = flakeOutputs; }
