@@ -91,6 +91,8 @@ pub struct BuildReport {
     pub firmware: Vec<String>,
     /// Store paths packed by `--embed-store`.
     pub store_paths: usize,
+    /// Bytes of file data not packed twice thanks to hard links (before compression).
+    pub hard_link_savings: u64,
     /// Remarks for the user (built-in modules skipped, aliases resolved, ...).
     pub notes: Vec<String>,
     pub elapsed: Duration,
@@ -190,35 +192,40 @@ pub fn kernel_cmdline(closure: Option<&Closure>) -> String {
     }
 }
 
-/// Builds the initramfs and writes it atomically to `opts.output`.
+/// Builds the initramfs and writes it to `opts.output` as [`output::Output`] does: a
+/// regular file is replaced atomically, `-` is standard output, a character device or FIFO
+/// is written in place. File contents are read while they are compressed into the output:
+/// memory does not grow with what is packed.
 pub fn build(opts: &BuildOptions) -> Result<BuildReport, Error> {
     let start = Instant::now();
     let mtime = source_date_epoch()?;
-    let image = build_image(opts, mtime)?;
-    output::write_atomically(&opts.output, |f| f.write_all(&image.bytes)).map_err(|source| {
-        Error::Output {
-            path: opts.output.clone(),
-            source,
-        }
-    })?;
+    let plan = plan_image(opts)?;
+    let out_err = |source| Error::Output {
+        path: opts.output.clone(),
+        source,
+    };
+    let mut out = output::Output::create(&opts.output).map_err(out_err)?;
+    let sizes = {
+        let mut buffered = std::io::BufWriter::with_capacity(1 << 20, &mut out);
+        let sizes = plan.write_to(opts.compression, mtime, &mut buffered, &opts.output)?;
+        buffered.flush().map_err(out_err)?;
+        sizes
+    };
+    out.commit().map_err(out_err)?;
     Ok(BuildReport {
         output: opts.output.clone(),
-        size: image.bytes.len() as u64,
-        uncompressed_size: image.uncompressed_size as u64,
-        entries: image.entries,
-        modules: image
-            .config
-            .modules
-            .iter()
-            .map(|m| m.name.clone())
-            .collect(),
-        kernel_version: image.config.kernel_version.clone(),
-        default_init: image.config.default_init.clone(),
-        kernel_cmdline: image.kernel_cmdline(),
-        init_binary: image.init_binary.clone(),
-        firmware: image.firmware.clone(),
-        store_paths: image.store_paths,
-        notes: image.notes,
+        size: sizes.written,
+        uncompressed_size: sizes.uncompressed,
+        entries: plan.archive.len(),
+        modules: plan.config.modules.iter().map(|m| m.name.clone()).collect(),
+        kernel_version: plan.config.kernel_version.clone(),
+        default_init: plan.config.default_init.clone(),
+        kernel_cmdline: kernel_cmdline(plan.closure.as_ref()),
+        init_binary: plan.init_binary.clone(),
+        firmware: plan.firmware.clone(),
+        store_paths: plan.store_paths,
+        hard_link_savings: plan.archive.hard_link_savings(),
+        notes: plan.notes,
         elapsed: start.elapsed(),
     })
 }
@@ -239,8 +246,86 @@ const LAYOUT_DIRS: &[&str] = &[
 /// Where `--embed-store` puts the store, and what the configuration says.
 pub const EMBEDDED_STORE: &str = "/nix/store";
 
-/// Builds the initramfs in memory with every mtime set to `mtime`; writes nothing.
+/// Builds the initramfs in memory with every mtime set to `mtime`; writes nothing. The same
+/// bytes as [`build`] writes; for tests and small images (everything is held in memory).
 pub fn build_image(opts: &BuildOptions, mtime: u32) -> Result<Image, Error> {
+    let plan = plan_image(opts)?;
+    let mut bytes = Vec::new();
+    let sizes = plan.write_to(opts.compression, mtime, &mut bytes, Path::new("memory"))?;
+    Ok(Image {
+        bytes,
+        uncompressed_size: sizes.uncompressed as usize,
+        entries: plan.archive.len(),
+        config: plan.config,
+        closure: plan.closure,
+        init_binary: plan.init_binary,
+        firmware: plan.firmware,
+        store_paths: plan.store_paths,
+        notes: plan.notes,
+    })
+}
+
+/// Everything decided before a byte is written: the archive's entries (host files by
+/// path, read when written), the microcode segment, the configuration.
+struct Plan {
+    archive: cpio::ArchiveBuilder,
+    /// The early microcode blobs, packed uncompressed in front of the archive.
+    microcode: std::collections::BTreeMap<Vendor, Vec<u8>>,
+    config: InitrdConfig,
+    closure: Option<Closure>,
+    init_binary: PathBuf,
+    firmware: Vec<String>,
+    store_paths: usize,
+    notes: Vec<String>,
+}
+
+/// Bytes a [`Plan`] wrote.
+struct Sizes {
+    written: u64,
+    uncompressed: u64,
+}
+
+impl Plan {
+    /// Writes the microcode segment, then the archive through the compressor, to `out`.
+    /// `path` names the output in errors.
+    fn write_to(
+        &self,
+        compression: Compression,
+        mtime: u32,
+        out: &mut impl Write,
+        path: &Path,
+    ) -> Result<Sizes, Error> {
+        let out_err = |source| Error::Output {
+            path: path.to_owned(),
+            source,
+        };
+        let early = microcode::segment(&self.microcode, mtime).unwrap_or_default();
+        let mut counted = output::Counter::new(out);
+        counted.write_all(&early).map_err(out_err)?;
+        let len = self.archive.archive_len();
+        let mut enc = compress::Encoder::new(compression, &mut counted, len).map_err(|source| {
+            compress::CompressError {
+                compression,
+                source,
+            }
+        })?;
+        self.archive
+            .write_to(mtime, &mut enc)
+            .map_err(|e| match e {
+                cpio::CpioError::Output(source) => out_err(source),
+                other => Error::Cpio(other),
+            })?;
+        enc.finish().map_err(out_err)?;
+        Ok(Sizes {
+            written: counted.count(),
+            uncompressed: early.len() as u64 + len,
+        })
+    }
+}
+
+/// Decides the image: reads the small inputs (init, modules, firmware, microcode), lists the
+/// host files.
+fn plan_image(opts: &BuildOptions) -> Result<Plan, Error> {
     let closure = opts.closure.as_deref().map(Closure::open).transpose()?;
     if opts.kernel_modules.is_none() && !opts.modules.is_empty() {
         return Err(Error::ModulesWithoutDir);
@@ -328,16 +413,9 @@ pub fn build_image(opts: &BuildOptions, mtime: u32) -> Result<Image, Error> {
     }
 
     let blobs = microcode::collect(&opts.microcode, opts.microcode_vendor)?;
-    let early = microcode::segment(&blobs, mtime).unwrap_or_default();
-    let main = archive.write(mtime);
-    let uncompressed_size = early.len() + main.len();
-    let compressed = compress::compress(opts.compression, &main)?;
-    let mut bytes = early;
-    bytes.extend_from_slice(&compressed);
-    Ok(Image {
-        bytes,
-        uncompressed_size,
-        entries: archive.len(),
+    Ok(Plan {
+        microcode: blobs,
+        archive,
         config,
         closure,
         init_binary,
