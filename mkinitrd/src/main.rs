@@ -171,6 +171,12 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     if report.store_paths > 0 {
         extra.push_str(&format!(", {} store paths", report.store_paths));
     }
+    if report.hard_link_savings > 0 {
+        extra.push_str(&format!(
+            ", {} bytes saved by hard links",
+            report.hard_link_savings
+        ));
+    }
     eprintln!(
         "mkinitrd: wrote {} ({} bytes, {} modules{extra}, {} ms)",
         report.output.display(),
