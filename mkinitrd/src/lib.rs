@@ -342,38 +342,7 @@ fn plan_image(opts: &BuildOptions) -> Result<Plan, Error> {
         config.embedded_store = Some(EMBEDDED_STORE.to_owned());
     }
     let mut notes = Vec::new();
-    let mut modules = Vec::new();
-    let mut firmware = firmware::Found::default();
-    if let Some(dir) = &opts.kernel_modules {
-        let modules_dir = kmod::ModulesDir::open(dir)?;
-        let requested: Vec<String> = if opts.modules.is_empty() {
-            kmod::DEFAULT_MODULES
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect()
-        } else {
-            opts.modules.clone()
-        };
-        let resolution = modules_dir.resolve(&requested)?;
-        notes.extend(resolution.notes);
-        let fw_dirs = if opts.firmware_dirs.is_empty() {
-            firmware::default_dir(dir).into_iter().collect()
-        } else {
-            opts.firmware_dirs.clone()
-        };
-        firmware = firmware::collect(&resolution.modules, &fw_dirs)?;
-        notes.append(&mut firmware.notes);
-        config.kernel_version = Some(resolution.kernel_version.clone());
-        for m in resolution.modules {
-            let path = format!("/lib/modules/{}/{}", resolution.kernel_version, m.rel_path);
-            config.modules.push(ModuleSpec {
-                name: m.name,
-                path: path.clone(),
-                params: String::new(),
-            });
-            modules.push((path, m.data));
-        }
-    }
+    let (modules, firmware) = plan_modules(opts, &mut config, &mut notes)?;
 
     let mut archive = cpio::ArchiveBuilder::new();
     for dir in LAYOUT_DIRS {
@@ -391,26 +360,7 @@ fn plan_image(opts: &BuildOptions) -> Result<Plan, Error> {
         archive.file(&format!("{}/{name}", firmware::FIRMWARE_DIR), 0o644, data)?;
     }
 
-    let mut store_paths = 0;
-    {
-        let mut collector = include::Collector::new(&mut archive);
-        collector.add_includes(&opts.includes)?;
-        if let Some(embed) = &opts.embed_store {
-            let (paths, store_notes) = store::resolve(embed, opts.closure.as_deref())?;
-            notes.extend(store_notes);
-            store_paths = paths.len();
-            for p in paths {
-                collector
-                    .add_verbatim(
-                        &p.host,
-                        &format!("{EMBEDDED_STORE}/{}", p.name),
-                        include::Deps::Ignore,
-                    )
-                    .map_err(Error::StoreInclude)?;
-            }
-        }
-        notes.append(&mut collector.notes);
-    }
+    let store_paths = add_host_files(opts, &mut archive, &mut notes)?;
 
     let blobs = microcode::collect(&opts.microcode, opts.microcode_vendor)?;
     Ok(Plan {
@@ -423,6 +373,79 @@ fn plan_image(opts: &BuildOptions) -> Result<Plan, Error> {
         store_paths,
         notes,
     })
+}
+
+/// A module's archive path and contents.
+type PackedModule = (String, Vec<u8>);
+
+/// The modules to pack (archive path, contents) in load order, recorded in `config`, and
+/// their firmware.
+fn plan_modules(
+    opts: &BuildOptions,
+    config: &mut InitrdConfig,
+    notes: &mut Vec<String>,
+) -> Result<(Vec<PackedModule>, firmware::Found), Error> {
+    let mut modules = Vec::new();
+    let Some(dir) = &opts.kernel_modules else {
+        return Ok((modules, firmware::Found::default()));
+    };
+    let modules_dir = kmod::ModulesDir::open(dir)?;
+    let requested: Vec<String> = if opts.modules.is_empty() {
+        kmod::DEFAULT_MODULES
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
+    } else {
+        opts.modules.clone()
+    };
+    let resolution = modules_dir.resolve(&requested)?;
+    notes.extend(resolution.notes);
+    let fw_dirs = if opts.firmware_dirs.is_empty() {
+        firmware::default_dir(dir).into_iter().collect()
+    } else {
+        opts.firmware_dirs.clone()
+    };
+    let mut firmware = firmware::collect(&resolution.modules, &fw_dirs)?;
+    notes.append(&mut firmware.notes);
+    config.kernel_version = Some(resolution.kernel_version.clone());
+    for m in resolution.modules {
+        let path = format!("/lib/modules/{}/{}", resolution.kernel_version, m.rel_path);
+        config.modules.push(ModuleSpec {
+            name: m.name,
+            path: path.clone(),
+            params: String::new(),
+        });
+        modules.push((path, m.data));
+    }
+    Ok((modules, firmware))
+}
+
+/// Lists `--include` and `--embed-store` host files into the archive (their contents are
+/// read when it is written); returns the number of store paths.
+fn add_host_files(
+    opts: &BuildOptions,
+    archive: &mut cpio::ArchiveBuilder,
+    notes: &mut Vec<String>,
+) -> Result<usize, Error> {
+    let mut store_paths = 0;
+    let mut collector = include::Collector::new(archive);
+    collector.add_includes(&opts.includes)?;
+    if let Some(embed) = &opts.embed_store {
+        let (paths, store_notes) = store::resolve(embed, opts.closure.as_deref())?;
+        notes.extend(store_notes);
+        store_paths = paths.len();
+        for p in paths {
+            collector
+                .add_verbatim(
+                    &p.host,
+                    &format!("{EMBEDDED_STORE}/{}", p.name),
+                    include::Deps::Ignore,
+                )
+                .map_err(Error::StoreInclude)?;
+        }
+    }
+    notes.append(&mut collector.notes);
+    Ok(store_paths)
 }
 
 /// Reads a file and checks it is a static executable.
