@@ -32,7 +32,7 @@ use std::process::Command;
 /// Starts the report unit's console line.
 pub const REPORT_MARKER: &str = "nixboot-real-systemd:";
 /// Bumped when the builder's output changes in a way the generated texts do not show.
-const BUILDER_REVISION: &str = "4";
+const BUILDER_REVISION: &str = "5";
 /// Debian's multiarch library directories, relative to the root.
 const LIB_DIRS: &[&str] = &[
     "usr/lib/x86_64-linux-gnu",
@@ -143,6 +143,7 @@ struct Names {
     etc: String,
     basedir: String,
     image: String,
+    stand_in: String,
     toplevels: BTreeMap<Flavour, String>,
 }
 
@@ -158,6 +159,7 @@ impl Names {
             etc: n("etc"),
             basedir: n("etc-basedir"),
             image: n("etc-metadata.erofs"),
+            stand_in: n("initrd-init-stand-in"),
             toplevels: Flavour::ALL
                 .iter()
                 .map(|&f| (f, n(&format!("nixos-system-test-{}", f.name()))))
@@ -177,6 +179,7 @@ pub struct NixosStore {
     pub dir: PathBuf,
     /// The guest path of the Debian store path.
     pub debian: String,
+    stand_in: String,
     toplevels: BTreeMap<Flavour, String>,
 }
 
@@ -190,6 +193,13 @@ impl NixosStore {
     pub fn init(&self, f: Flavour) -> String {
         format!("{}/init", self.toplevel(f))
     }
+
+    /// A script that does what nixos-init's `initrd-init` does before the switch (the etc
+    /// overlay, the /run links, /usr/bin/env and /bin/sh), then execs the nixos-init
+    /// flavour's systemd: proves that closure bootable apart from any init's support for it.
+    pub fn stand_in_init(&self) -> String {
+        format!("{}/init", store(&self.stand_in))
+    }
 }
 
 /// Builds the store under `cache` (or finds it built), as described in the module's docs.
@@ -201,6 +211,7 @@ pub fn build(parts: &RealParts, cache: &Path) -> Result<NixosStore, String> {
     let result = NixosStore {
         dir: dir.join("store"),
         debian: store(&names.debian),
+        stand_in: names.stand_in.clone(),
         toplevels: names.toplevels.clone(),
     };
     if dir.join(".complete").exists() {
@@ -268,7 +279,8 @@ fn write_store(parts: &RealParts, names: &Names, texts: &Texts, dir: &Path) -> R
     for (&f, name) in &names.toplevels {
         write_toplevel(&dir.join(name), f, names, texts, &debian)?;
     }
-    Ok(())
+    mkdirs(&dir.join(&names.stand_in))?;
+    write_exec(&dir.join(&names.stand_in).join("init"), &texts.stand_in)
 }
 
 /// Mirrors `src` into `dst` with hard links (the cache and the store share a file system;
@@ -413,7 +425,7 @@ fn normalize(p: &Path) -> PathBuf {
 /// drop-ins ordering everything after the unit that links Debian's paths.
 fn write_image_tree(etc: &Path, tree: &Path, names: &Names, debian_root: &Path) -> Result<(), String> {
     mkdirs(tree)?;
-    image_entries(etc, tree, &store(&names.etc), Path::new("etc"))?;
+    image_entries(etc, tree, &store(&names.etc), &store(&names.debian), Path::new("etc"))?;
     let units = tree.join("systemd/system");
     let debian_units = debian_root.join("usr/lib/systemd/system");
     link_units(&debian_units, &units, &format!("{}/usr/lib/systemd/system", store(&names.debian)))?;
@@ -453,7 +465,18 @@ fn write_image_tree(etc: &Path, tree: &Path, names: &Names, debian_root: &Path) 
     Ok(())
 }
 
-fn image_entries(src: &Path, dst: &Path, guest_store: &str, rel: &Path) -> Result<(), String> {
+/// A link to Debian's units leads into its store path: systemd reads the unit directories
+/// before anything links /lib (nothing prepares the root before systemd in this flavour).
+fn image_link(target: &Path, debian: &str) -> PathBuf {
+    for prefix in ["/lib/systemd/", "/usr/lib/systemd/"] {
+        if let Ok(rest) = target.strip_prefix(prefix) {
+            return Path::new(debian).join("usr/lib/systemd").join(rest);
+        }
+    }
+    target.to_path_buf()
+}
+
+fn image_entries(src: &Path, dst: &Path, guest_store: &str, debian: &str, rel: &Path) -> Result<(), String> {
     let mut entries: Vec<_> = std::fs::read_dir(src).map_err(|e| e.to_string())?.flatten().collect();
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
@@ -462,9 +485,9 @@ fn image_entries(src: &Path, dst: &Path, guest_store: &str, rel: &Path) -> Resul
         let m = std::fs::symlink_metadata(&p).map_err(|e| e.to_string())?;
         if m.is_dir() {
             mkdirs(&to)?;
-            image_entries(&p, &to, guest_store, &r)?;
+            image_entries(&p, &to, guest_store, debian, &r)?;
         } else if m.file_type().is_symlink() {
-            sym(&std::fs::read_link(&p).map_err(|e| e.to_string())?, &to)?;
+            sym(&image_link(&std::fs::read_link(&p).map_err(|e| e.to_string())?, debian), &to)?;
         } else {
             sym(&Path::new(guest_store).join(&r), &to)?;
         }
@@ -530,6 +553,7 @@ struct Texts {
     activate: BTreeMap<Flavour, String>,
     boot_json: BTreeMap<Flavour, String>,
     debian_paths: String,
+    stand_in: String,
     report: String,
     report_unit: String,
 }
@@ -542,6 +566,7 @@ impl Texts {
             activate: per(&|f| activate_script(n, f)),
             boot_json: per(&|f| boot_json(n, f)),
             debian_paths: debian_paths_script(n),
+            stand_in: stand_in_script(n),
             report: report_script(n),
             report_unit: format!(
                 "[Unit]\nDescription=nixboot boot-test report\nAfter=multi-user.target\n\n\
@@ -680,7 +705,7 @@ echo "setting up users and groups..."
 for f in {copied}; do
     if [ -f "/etc/static/$f" ]; then
         cp -p "/etc/static/$f" "/etc/$f.tmp"
-        mv "/etc/$f.tmp" "/etc/$f"
+        mv -f "/etc/$f.tmp" "/etc/$f"
     fi
 done
 
@@ -701,23 +726,34 @@ ln -sfn "$systemConfig" /run/current-system
 
 /// Links /usr, /bin, /sbin, /lib64 to the Debian store path's (merged-/usr) directories;
 /// where one is already a real directory (the init's /lib/modules mount point, stage 2's
-/// /bin), links each entry inside it instead. Idempotent.
+/// /bin, nixos-init's /usr/bin/env and /bin/sh), links the missing entries inside it,
+/// recursively, keeping what is there. Idempotent; few processes (forks are slow under TCG).
 fn debian_paths_script(n: &Names) -> String {
     let mut s = shebang(n);
     let _ = write!(
         s,
         r#"# Debian's binaries name /usr, /lib64, /lib/systemd ... literally; NixOS's do not.
 export PATH={busybox}/bin
-d={debian}
 merge() {{
-    if [ -L "$2" ] || [ ! -e "$2" ]; then
-        ln -sfn "$1" "$2"
+    local src=$1 dst=$2 e missing=()
+    [ -L "$dst" ] && return 0
+    if [ ! -e "$dst" ]; then
+        ln -s "$src" "$dst"
         return
     fi
-    for e in "$1"/*; do
-        [ -e "$2/${{e##*/}}" ] || [ -L "$2/${{e##*/}}" ] || ln -s "$e" "$2/${{e##*/}}"
+    [ -d "$dst" ] && [ -d "$src" ] || return 0
+    for e in "$src"/*; do
+        if [ -L "$dst/${{e##*/}}" ]; then
+            continue
+        elif [ -e "$dst/${{e##*/}}" ]; then
+            merge "$e" "$dst/${{e##*/}}"
+        else
+            missing+=("$e")
+        fi
     done
+    [ ${{#missing[@]}} = 0 ] || ln -s "${{missing[@]}}" "$dst/"
 }}
+d={debian}
 merge $d/usr /usr
 merge $d/usr/bin /bin
 merge $d/usr/sbin /sbin
@@ -726,6 +762,41 @@ merge $d/usr/lib /lib
 "#,
         busybox = store(&n.busybox),
         debian = store(&n.debian),
+    );
+    s
+}
+
+/// nixos-init's `initrd-init` steps (pkgs/by-name/ni/nixos-init/src, etc-activation.nix's
+/// initrd mounts) as a script run as PID 1 after stage 1, for [`NixosStore::stand_in_init`].
+fn stand_in_script(n: &Names) -> String {
+    let top = store(&n.toplevels[&Flavour::NixosInit]);
+    let mut s = shebang(n);
+    let _ = write!(
+        s,
+        r#"# A stand-in for nixos-init's initrd-init, run after stage 1 (not part of the closure).
+export PATH={busybox}/bin
+set -e
+top={top}
+chown -f 0:0 /nix/store || true
+chmod -f 1775 /nix/store || true
+mount --bind /nix/store /nix/store
+mount -o remount,ro,nosuid,nodev,bind /nix/store
+mkdir -p /run/nixos-etc-metadata /etc
+mount -t erofs -o loop,ro,nodev,nosuid {image} /run/nixos-etc-metadata
+mount -t overlay overlay -o ro,nodev,nosuid,relatime,redirect_dir=on,metacopy=on,lowerdir=/run/nixos-etc-metadata::{basedir} /etc
+ln -sfn "$top" /run/booted-system
+ln -sfn "$top" /run/current-system
+mkdir -p /usr/bin /bin
+ln -sfn {debian}/usr/bin/env /usr/bin/env
+ln -sfn {bash}/bin/sh /bin/sh
+echo "initrd-init stand-in: /etc mounted, handing over to $top/init"
+exec "$top/init"
+"#,
+        busybox = store(&n.busybox),
+        image = store(&n.image),
+        basedir = store(&n.basedir),
+        debian = store(&n.debian),
+        bash = store(&n.bash),
     );
     s
 }
