@@ -43,9 +43,30 @@ const LIB_DIRS: &[&str] = &[
 const COPIED_ETC: &[&str] = &["passwd", "group", "shadow", "gshadow", "subuid", "subgid"];
 /// Busybox applets the scripts use (besides bash's builtins).
 const APPLETS: &[&str] = &[
-    "awk", "cat", "chmod", "chown", "cp", "cut", "dirname", "find", "grep", "head",
-    "ln", "ls", "mkdir", "mount", "mountpoint", "mv", "readlink", "rm", "sed", "sleep", "tee",
-    "touch", "tr", "uname",
+    "awk",
+    "cat",
+    "chmod",
+    "chown",
+    "cp",
+    "cut",
+    "dirname",
+    "find",
+    "grep",
+    "head",
+    "ln",
+    "ls",
+    "mkdir",
+    "mount",
+    "mountpoint",
+    "mv",
+    "readlink",
+    "rm",
+    "sed",
+    "sleep",
+    "tee",
+    "touch",
+    "tr",
+    "uname",
 ];
 
 /// The closure's shape, as the init must tell them apart (docs: boot-contracts.md 5, 5b).
@@ -101,15 +122,20 @@ impl RealParts {
             bash_static: PathBuf::from("/bin/bash-static"),
             busybox: PathBuf::from("/bin/busybox"),
         };
-        for (p, pkg) in [(&parts.bash_static, "bash-static"), (&parts.busybox, "busybox-static")] {
+        for (p, pkg) in [
+            (&parts.bash_static, "bash-static"),
+            (&parts.busybox, "busybox-static"),
+        ] {
             if !p.is_file() {
-                return Err(format!("{} is missing (apt-get install {pkg})", p.display()));
+                return Err(format!(
+                    "{} is missing (apt-get install {pkg})",
+                    p.display()
+                ));
             }
         }
         for tool in ["patchelf", "mkfs.erofs"] {
-            let found = std::env::var_os("PATH").is_some_and(|paths| {
-                std::env::split_paths(&paths).any(|d| d.join(tool).is_file())
-            });
+            let found = std::env::var_os("PATH")
+                .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()));
             if !found {
                 return Err(format!("{tool} is not installed (.ci/setup-real-parts)"));
             }
@@ -225,13 +251,20 @@ pub fn build(parts: &RealParts, cache: &Path) -> Result<NixosStore, String> {
         .and_then(|()| std::fs::write(tmp.join(".complete"), "").map_err(|e| e.to_string()));
     if let Err(e) = built {
         let _ = std::fs::remove_dir_all(&tmp);
-        return Err(format!("building the NixOS-shaped store in {}: {e}", tmp.display()));
+        return Err(format!(
+            "building the NixOS-shaped store in {}: {e}",
+            tmp.display()
+        ));
     }
     if let Err(e) = std::fs::rename(&tmp, &dir) {
         // Another test process built it at the same time: use theirs.
         let _ = std::fs::remove_dir_all(&tmp);
         if !dir.join(".complete").exists() {
-            return Err(format!("renaming {} to {}: {e}", tmp.display(), dir.display()));
+            return Err(format!(
+                "renaming {} to {}: {e}",
+                tmp.display(),
+                dir.display()
+            ));
         }
     }
     Ok(result)
@@ -301,15 +334,16 @@ fn link_tree(src: &Path, dst: &Path, top: bool) -> Result<(), String> {
             let target = std::fs::read_link(&from).map_err(|e| e.to_string())?;
             sym(&target, &to)?;
         } else if m.is_dir() {
-            if top && ["dev", "proc", "sys", "run", "tmp", "debootstrap"].contains(&name.to_str().unwrap_or("")) {
+            if top
+                && ["dev", "proc", "sys", "run", "tmp", "debootstrap"]
+                    .contains(&name.to_str().unwrap_or(""))
+            {
                 std::fs::create_dir(&to).map_err(|e| e.to_string())?;
                 continue;
             }
             link_tree(&from, &to, false)?;
-        } else if m.is_file() {
-            if std::fs::hard_link(&from, &to).is_err() {
-                copy(&from, &to)?;
-            }
+        } else if m.is_file() && std::fs::hard_link(&from, &to).is_err() {
+            copy(&from, &to)?;
         }
         // Device nodes, fifos and sockets stay out of the store, as Nix keeps them out.
     }
@@ -370,11 +404,17 @@ fn write_etc(debian_etc: &Path, etc: &Path, texts: &Texts) -> Result<(), String>
         let _ = std::fs::remove_file(etc.join(gone));
     }
     write(&etc.join("hostname"), "nixboot-real\n")?;
-    write(&etc.join("fstab"), "# the init mounts everything (imageless)\n")?;
+    write(
+        &etc.join("fstab"),
+        "# the init mounts everything (imageless)\n",
+    )?;
     write(&etc.join("NIXOS"), "")?;
     let units = etc.join("systemd/system");
     let _ = std::fs::remove_file(units.join("default.target"));
-    sym("/lib/systemd/system/multi-user.target", &units.join("default.target"))?;
+    sym(
+        "/lib/systemd/system/multi-user.target",
+        &units.join("default.target"),
+    )?;
     write(&units.join("nixboot-report.service"), &texts.report_unit)?;
     mkdirs(&units.join("multi-user.target.wants"))?;
     sym(
@@ -423,12 +463,27 @@ fn normalize(p: &Path) -> PathBuf {
 /// build-composefs-dump.py describes them; plus every Debian unit under
 /// /etc/systemd/system (units must be found with no /usr: see the module docs) and the
 /// drop-ins ordering everything after the unit that links Debian's paths.
-fn write_image_tree(etc: &Path, tree: &Path, names: &Names, debian_root: &Path) -> Result<(), String> {
+fn write_image_tree(
+    etc: &Path,
+    tree: &Path,
+    names: &Names,
+    debian_root: &Path,
+) -> Result<(), String> {
     mkdirs(tree)?;
-    image_entries(etc, tree, &store(&names.etc), &store(&names.debian), Path::new("etc"))?;
+    image_entries(
+        etc,
+        tree,
+        &store(&names.etc),
+        &store(&names.debian),
+        Path::new("etc"),
+    )?;
     let units = tree.join("systemd/system");
     let debian_units = debian_root.join("usr/lib/systemd/system");
-    link_units(&debian_units, &units, &format!("{}/usr/lib/systemd/system", store(&names.debian)))?;
+    link_units(
+        &debian_units,
+        &units,
+        &format!("{}/usr/lib/systemd/system", store(&names.debian)),
+    )?;
     let paths_unit = "nixboot-debian-paths.service";
     write(
         &units.join(paths_unit),
@@ -452,7 +507,9 @@ fn write_image_tree(etc: &Path, tree: &Path, names: &Names, debian_root: &Path) 
     set_mode(&machine_id, 0o444)?;
     for f in COPIED_ETC {
         let src = etc.join(f);
-        let Ok(m) = std::fs::metadata(&src) else { continue };
+        let Ok(m) = std::fs::metadata(&src) else {
+            continue;
+        };
         let dst = tree.join(f);
         let _ = std::fs::remove_file(&dst);
         let file = std::fs::File::create(&dst).map_err(|e| e.to_string())?;
@@ -476,8 +533,17 @@ fn image_link(target: &Path, debian: &str) -> PathBuf {
     target.to_path_buf()
 }
 
-fn image_entries(src: &Path, dst: &Path, guest_store: &str, debian: &str, rel: &Path) -> Result<(), String> {
-    let mut entries: Vec<_> = std::fs::read_dir(src).map_err(|e| e.to_string())?.flatten().collect();
+fn image_entries(
+    src: &Path,
+    dst: &Path,
+    guest_store: &str,
+    debian: &str,
+    rel: &Path,
+) -> Result<(), String> {
+    let mut entries: Vec<_> = std::fs::read_dir(src)
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .collect();
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let (p, r) = (e.path(), rel.join(e.file_name()));
@@ -487,9 +553,12 @@ fn image_entries(src: &Path, dst: &Path, guest_store: &str, debian: &str, rel: &
             mkdirs(&to)?;
             image_entries(&p, &to, guest_store, debian, &r)?;
         } else if m.file_type().is_symlink() {
-            sym(&image_link(&std::fs::read_link(&p).map_err(|e| e.to_string())?, debian), &to)?;
+            sym(
+                image_link(&std::fs::read_link(&p).map_err(|e| e.to_string())?, debian),
+                &to,
+            )?;
         } else {
-            sym(&Path::new(guest_store).join(&r), &to)?;
+            sym(Path::new(guest_store).join(&r), &to)?;
         }
     }
     Ok(())
@@ -505,7 +574,10 @@ fn link_units(src: &Path, dst: &Path, guest: &str) -> Result<(), String> {
         if std::fs::symlink_metadata(&to).is_ok() && !to.is_dir() {
             continue;
         }
-        if std::fs::symlink_metadata(e.path()).map_err(|e| e.to_string())?.is_dir() {
+        if std::fs::symlink_metadata(e.path())
+            .map_err(|e| e.to_string())?
+            .is_dir()
+        {
             link_units(&e.path(), &to, &g)?;
         } else {
             sym(&g, &to)?;
@@ -526,7 +598,13 @@ fn mkfs_erofs(tree: &Path, image: &Path) -> Result<(), String> {
     .map(drop)
 }
 
-fn write_toplevel(dir: &Path, f: Flavour, names: &Names, texts: &Texts, debian: &Path) -> Result<(), String> {
+fn write_toplevel(
+    dir: &Path,
+    f: Flavour,
+    names: &Names,
+    texts: &Texts,
+    debian: &Path,
+) -> Result<(), String> {
     mkdirs(dir)?;
     let systemd = debian.join("usr/lib/systemd/systemd");
     match f {
@@ -541,9 +619,9 @@ fn write_toplevel(dir: &Path, f: Flavour, names: &Names, texts: &Texts, debian: 
     write(&dir.join("boot.json"), &texts.boot_json[&f])?;
     write(&dir.join("nixos-version"), "26.05.nixboot-real-systemd\n")?;
     write(&dir.join("kernel-params"), "")?;
-    sym(&store(&names.debian), &dir.join("systemd"))?;
-    sym(&format!("{}/etc", store(&names.etc)), &dir.join("etc"))?;
-    sym(&format!("{}/usr", store(&names.debian)), &dir.join("sw"))
+    sym(store(&names.debian), &dir.join("systemd"))?;
+    sym(format!("{}/etc", store(&names.etc)), &dir.join("etc"))?;
+    sym(format!("{}/usr", store(&names.debian)), &dir.join("sw"))
 }
 
 /// Every generated text: these (with the names) make the store's cache key.
@@ -888,7 +966,10 @@ impl Report {
             }
             let fields = words[..words.len() - 1]
                 .iter()
-                .map(|w| w.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                .map(|w| {
+                    w.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                })
                 .collect::<Option<BTreeMap<_, _>>>()?;
             Some(Report { fields })
         })
@@ -941,8 +1022,12 @@ fn set_mode(p: &Path, mode: u32) -> Result<(), String> {
 }
 
 fn xattr(p: &Path, name: &str, value: &[u8]) -> Result<(), String> {
-    rustix::fs::lsetxattr(p, name, value, rustix::fs::XattrFlags::empty())
-        .map_err(|e| format!("setting {name} on {}: {e} (trusted.* needs root)", p.display()))
+    rustix::fs::lsetxattr(p, name, value, rustix::fs::XattrFlags::empty()).map_err(|e| {
+        format!(
+            "setting {name} on {}: {e} (trusted.* needs root)",
+            p.display()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -975,7 +1060,10 @@ mod tests {
         let s = stage2_script(&n, Flavour::Scripted);
         assert!(s.starts_with(&format!("#!/nix/store/{}/bin/bash\n", n.bash)));
         assert!(s.contains(r#"exec > >(tee -i /proc/self/fd/"$logOutFd" | while read -r line; do"#));
-        assert!(s.contains(&format!("systemConfig=/nix/store/{}\n", n.toplevels[&Flavour::Scripted])));
+        assert!(s.contains(&format!(
+            "systemConfig=/nix/store/{}\n",
+            n.toplevels[&Flavour::Scripted]
+        )));
         assert!(s.contains("exec /run/current-system/systemd/lib/systemd/systemd \"$@\""));
     }
 
@@ -995,7 +1083,10 @@ mod tests {
         let ext = &doc["org.nixos.nixos-init.v1"];
         assert_eq!(ext["etc_metadata_image"], store(&n.image));
         assert_eq!(ext["etc_basedir"], store(&n.basedir));
-        assert_eq!(ext["nix_store_mount_opts"], serde_json::json!(["ro", "nosuid", "nodev"]));
+        assert_eq!(
+            ext["nix_store_mount_opts"],
+            serde_json::json!(["ro", "nosuid", "nodev"])
+        );
     }
 
     #[test]
@@ -1004,6 +1095,9 @@ mod tests {
         assert!(n.debian.ends_with("-debian-systemd-252.39"));
         let tops: std::collections::BTreeSet<_> = n.toplevels.values().collect();
         assert_eq!(tops.len(), 3);
-        assert_eq!(normalize(Path::new("/etc/../usr/lib/os-release")), Path::new("/usr/lib/os-release"));
+        assert_eq!(
+            normalize(Path::new("/etc/../usr/lib/os-release")),
+            Path::new("/usr/lib/os-release")
+        );
     }
 }

@@ -53,7 +53,9 @@ fn nixos_store(test: &str) -> Option<&'static NixosStore> {
         Ok(s) => Some(s),
         // A missing real part is a missing prerequisite (loud SKIP, or a failure in CI); a
         // build error is a failure.
-        Err(e) if e.contains("not set") || e.contains("not installed") || e.contains("is missing") => {
+        Err(e)
+            if e.contains("not set") || e.contains("not installed") || e.contains("is missing") =>
+        {
             if std::env::var(artifacts::REQUIRE_ENV).is_ok_and(|v| v == "1") {
                 panic!("{test}: {e} (and {}=1)", artifacts::REQUIRE_ENV);
             }
@@ -66,7 +68,12 @@ fn nixos_store(test: &str) -> Option<&'static NixosStore> {
 
 /// `6.12.117+deb13-cloud-amd64` -> (6, 12).
 fn kernel_version(kit: &Kit) -> (u32, u32) {
-    let name = kit.env.modules.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let name = kit
+        .env
+        .modules
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
     let mut it = name.split(['.', '-', '+']).map(|p| p.parse().unwrap_or(0));
     (it.next().unwrap_or(0), it.next().unwrap_or(0))
 }
@@ -102,7 +109,9 @@ fn boot(kit: &Kit, store: &NixosStore, f: Flavour, init: String) -> Outcome {
 /// contract, listing every broken clause at once.
 fn check_flavour(test: &str, f: Flavour, init: Option<String>) {
     let Some(kit) = kit(test) else { return };
-    let Some(store) = nixos_store(test) else { return };
+    let Some(store) = nixos_store(test) else {
+        return;
+    };
     if f == Flavour::NixosInit && kernel_version(&kit) < (6, 5) {
         // nixos-init's /etc is `lowerdir=METADATA::BASEDIR`: data-only lower layers came in
         // Linux 6.5. Not a missing prerequisite of the host: this kernel cannot do it.
@@ -122,7 +131,11 @@ fn check_flavour(test: &str, f: Flavour, init: Option<String>) {
     let report = Report::find(&o.console);
     eprintln!(
         "{test}: kernel {}; accel {}; QEMU ran {:?}; uptime at multi-user {}s; systemd {:?}",
-        kit.env.modules.file_name().unwrap_or_default().to_string_lossy(),
+        kit.env
+            .modules
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy(),
         o.accel.accel,
         o.elapsed,
         report.as_ref().map_or("-", |r| r.get("uptime")),
@@ -130,17 +143,29 @@ fn check_flavour(test: &str, f: Flavour, init: Option<String>) {
     );
     assert!(!o.timed_out, "timed out after {TIMEOUT:?}{ctx}");
     assert!(!o.panicked, "kernel panic{ctx}");
-    let r = report.unwrap_or_else(|| panic!("no `{}` report line{ctx}", nixos_closure::REPORT_MARKER));
+    let r =
+        report.unwrap_or_else(|| panic!("no `{}` report line{ctx}", nixos_closure::REPORT_MARKER));
     eprintln!("{test}: report {:?}", r.fields);
 
     let mut broken = contract(&r, &toplevel, f);
     if console_has(&o, "/dev/fd/63: No such file or directory") {
-        broken.push("stage 2 printed `/dev/fd/63: No such file or directory` (no /dev/fd from stage 1)".into());
+        broken.push(
+            "stage 2 printed `/dev/fd/63: No such file or directory` (no /dev/fd from stage 1)"
+                .into(),
+        );
     }
     if !o.powered_off || !o.qemu_clean_exit() {
-        broken.push(format!("did not power off cleanly (QEMU exit {})", o.qemu_exit));
+        broken.push(format!(
+            "did not power off cleanly (QEMU exit {})",
+            o.qemu_exit
+        ));
     }
-    assert!(broken.is_empty(), "{test}: the contract is broken:\n  - {}\nreport: {:?}{ctx}", broken.join("\n  - "), r.fields);
+    assert!(
+        broken.is_empty(),
+        "{test}: the contract is broken:\n  - {}\nreport: {:?}{ctx}",
+        broken.join("\n  - "),
+        r.fields
+    );
 }
 
 /// Every clause of the hand-off contract the report shows broken.
@@ -151,20 +176,44 @@ fn contract(r: &Report, toplevel: &str, f: Flavour) -> Vec<String> {
             broken.push(format!("{what} ({key}={})", r.get(key)));
         }
     };
-    want(r.get("pid1_comm") == "systemd", "systemd is PID 1", "pid1_comm");
-    want(r.get("state") == "running", "the system is running", "state");
+    want(
+        r.get("pid1_comm") == "systemd",
+        "systemd is PID 1",
+        "pid1_comm",
+    );
+    want(
+        r.get("state") == "running",
+        "the system is running",
+        "state",
+    );
     want(r.get("failed") == "-", "no failed unit", "failed");
-    want(r.get("journald") == "active", "journald is active", "journald");
+    want(
+        r.get("journald") == "active",
+        "journald is active",
+        "journald",
+    );
     want(r.get("root_fstype") == "tmpfs", "/ is tmpfs", "root_fstype");
-    want(r.get("store_fstype") == "virtiofs", "/nix/store is virtiofs", "store_fstype");
+    want(
+        r.get("store_fstype") == "virtiofs",
+        "/nix/store is virtiofs",
+        "store_fstype",
+    );
     let opts: Vec<&str> = r.get("store_options").split(',').collect();
     want(
         ["ro", "nosuid", "nodev"].iter().all(|o| opts.contains(o)),
         "/nix/store is ro,nosuid,nodev",
         "store_options",
     );
-    want(r.get("booted_system") == toplevel, "/run/booted-system is the closure", "booted_system");
-    want(r.get("current_system") == toplevel, "/run/current-system is the closure", "current_system");
+    want(
+        r.get("booted_system") == toplevel,
+        "/run/booted-system is the closure",
+        "booted_system",
+    );
+    want(
+        r.get("current_system") == toplevel,
+        "/run/current-system is the closure",
+        "current_system",
+    );
     let count = |key: &str| r.get(key).parse::<u32>().unwrap_or(0);
     match f {
         Flavour::Scripted => want(
@@ -188,17 +237,29 @@ fn console_has(o: &Outcome, text: &str) -> bool {
 
 #[test]
 fn scripted_closure_boots_real_systemd_to_multi_user() {
-    check_flavour("scripted_closure_boots_real_systemd_to_multi_user", Flavour::Scripted, None);
+    check_flavour(
+        "scripted_closure_boots_real_systemd_to_multi_user",
+        Flavour::Scripted,
+        None,
+    );
 }
 
 #[test]
 fn prepare_root_closure_boots_real_systemd_to_multi_user() {
-    check_flavour("prepare_root_closure_boots_real_systemd_to_multi_user", Flavour::PrepareRoot, None);
+    check_flavour(
+        "prepare_root_closure_boots_real_systemd_to_multi_user",
+        Flavour::PrepareRoot,
+        None,
+    );
 }
 
 #[test]
 fn nixos_init_closure_boots_real_systemd_to_multi_user() {
-    check_flavour("nixos_init_closure_boots_real_systemd_to_multi_user", Flavour::NixosInit, None);
+    check_flavour(
+        "nixos_init_closure_boots_real_systemd_to_multi_user",
+        Flavour::NixosInit,
+        None,
+    );
 }
 
 /// The nixos-init closure itself is bootable: a script doing initrd-init's steps (the etc
@@ -207,6 +268,8 @@ fn nixos_init_closure_boots_real_systemd_to_multi_user() {
 #[test]
 fn nixos_init_closure_boots_through_a_stand_in_for_initrd_init() {
     let test = "nixos_init_closure_boots_through_a_stand_in_for_initrd_init";
-    let Some(store) = nixos_store(test) else { return };
+    let Some(store) = nixos_store(test) else {
+        return;
+    };
     check_flavour(test, Flavour::NixosInit, Some(store.stand_in_init()));
 }
