@@ -32,7 +32,7 @@ use std::process::Command;
 /// Starts the report unit's console line.
 pub const REPORT_MARKER: &str = "nixboot-real-systemd:";
 /// Bumped when the builder's output changes in a way the generated texts do not show.
-const BUILDER_REVISION: &str = "5";
+const BUILDER_REVISION: &str = "6";
 /// Debian's multiarch library directories, relative to the root.
 const LIB_DIRS: &[&str] = &[
     "usr/lib/x86_64-linux-gnu",
@@ -400,7 +400,9 @@ fn write_etc(debian_etc: &Path, etc: &Path, texts: &Texts) -> Result<(), String>
     mkdirs(etc.parent().unwrap_or(etc))?;
     link_tree(debian_etc, etc, false)?;
     absolutize_links(etc, Path::new("/etc"))?;
-    for gone in ["machine-id", "hostname", "fstab", "mtab"] {
+    // .pwd.lock: stage 2 removes the user database's locks; a link into the read-only store
+    // would make every user database writer (systemd-sysusers) fail to lock.
+    for gone in ["machine-id", "hostname", "fstab", "mtab", ".pwd.lock"] {
         let _ = std::fs::remove_file(etc.join(gone));
     }
     write(&etc.join("hostname"), "nixboot-real\n")?;

@@ -87,6 +87,8 @@ fn boot(kit: &Kit, store: &NixosStore, f: Flavour, init: String) -> Outcome {
     let initrd = kit.write_initrd("initrd", &initrd.bytes);
     let cmdline = KernelCmdline {
         init: Some(init),
+        // systemd's animated status lines cost much on a TCG serial console; failures still show.
+        kernel_params: vec!["systemd.show_status=error".into()],
         ..Default::default()
     }
     .render();
@@ -94,7 +96,7 @@ fn boot(kit: &Kit, store: &NixosStore, f: Flavour, init: String) -> Outcome {
     cfg.timeout = Some(TIMEOUT);
     cfg.quiet = true;
     cfg.shares
-        .push(Share::new("store", &store.dir).unwrap().readonly());
+        .push(Share::new("store", &store.dir).unwrap().immutable());
     let modules_dir = bootspec::modules_share_dir(&kit.env.modules).unwrap();
     cfg.shares
         .push(Share::new("modules", modules_dir).unwrap().readonly());
