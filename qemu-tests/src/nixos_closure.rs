@@ -32,7 +32,7 @@ use std::process::Command;
 /// Starts the report unit's console line.
 pub const REPORT_MARKER: &str = "nixboot-real-systemd:";
 /// Bumped when the builder's output changes in a way the generated texts do not show.
-const BUILDER_REVISION: &str = "6";
+const BUILDER_REVISION: &str = "7";
 /// Debian's multiarch library directories, relative to the root.
 const LIB_DIRS: &[&str] = &[
     "usr/lib/x86_64-linux-gnu",
@@ -649,7 +649,7 @@ impl Texts {
             stand_in: stand_in_script(n),
             report: report_script(n),
             report_unit: format!(
-                "[Unit]\nDescription=nixboot boot-test report\nAfter=multi-user.target\n\n\
+                "[Unit]\nDescription=nixboot boot-test report\n\n\
                  [Service]\nType=simple\nExecStart={}/bin/nixboot-report\n\
                  StandardOutput=tty\nStandardError=journal\nTTYPath=/dev/console\n",
                 store(&n.tools)
@@ -888,7 +888,20 @@ fn report_script(n: &Names) -> String {
         s,
         r#"# Reports what the boot test asserts, as `key=value` words after the marker.
 export PATH=/usr/bin:/usr/sbin:{busybox}/bin
-state=$(timeout 150 systemctl is-system-running --wait 2>/dev/null)
+# Started with multi-user.target's jobs (not after them): a job that never ends must show
+# up in the report, not as a silent timeout. Wait for the target, then for the boot's end.
+for _ in $(seq 1 240); do
+    [ "$(systemctl is-active multi-user.target)" = active ] && break
+    sleep 1
+done
+multi_user=$(systemctl is-active multi-user.target)
+multi_user_uptime=$(cut -d' ' -f1 /proc/uptime)
+state=$(timeout 60 systemctl is-system-running --wait 2>/dev/null)
+jobs=$(systemctl list-jobs --no-legend --plain 2>/dev/null | awk '{{print $2}}' | paste -sd, -)
+# For a human reading a failed test's console: what failed or still runs, and why.
+for u in $(systemctl --failed --no-legend --plain 2>/dev/null | awk '{{print $1}}') ${{jobs//,/ }}; do
+    journalctl -b -u "$u" -n 4 -o cat --no-pager 2>/dev/null | sed "s|^|{marker}-detail $u: |"
+done
 v() {{ local x="$*"; x=${{x//[[:space:]]/_}}; printf '%s' "${{x:--}}"; }}
 failed=$(systemctl --failed --no-legend --plain 2>/dev/null | awk '{{print $1}}' | paste -sd, -)
 store_line=$(findmnt -n -o FSTYPE,OPTIONS -M /nix/store | tail -n1)
@@ -897,7 +910,10 @@ line="{marker}"
 line+=" pid1_comm=$(v "$(cat /proc/1/comm)")"
 line+=" pid1_exe=$(v "$(readlink /proc/1/exe)")"
 line+=" systemd=$(v "$(systemctl --version | head -n1)")"
+line+=" multi_user=$(v "$multi_user")"
+line+=" multi_user_uptime=$(v "$multi_user_uptime")"
 line+=" state=$(v "$state")"
+line+=" jobs=$(v "$jobs")"
 line+=" failed=$(v "$failed")"
 line+=" journald=$(v "$(systemctl is-active systemd-journald.service)")"
 line+=" root_fstype=$(v "$(findmnt -n -o FSTYPE -M / | tail -n1)")"

@@ -132,7 +132,7 @@ fn check_flavour(test: &str, f: Flavour, init: Option<String>) {
     let ctx = context(&o);
     let report = Report::find(&o.console);
     eprintln!(
-        "{test}: kernel {}; accel {}; QEMU ran {:?}; uptime at multi-user {}s; systemd {:?}",
+        "{test}: kernel {}; accel {}; QEMU ran {:?}; uptime at multi-user {}s (report {}s); systemd {:?}",
         kit.env
             .modules
             .file_name()
@@ -140,6 +140,7 @@ fn check_flavour(test: &str, f: Flavour, init: Option<String>) {
             .to_string_lossy(),
         o.accel.accel,
         o.elapsed,
+        report.as_ref().map_or("-", |r| r.get("multi_user_uptime")),
         report.as_ref().map_or("-", |r| r.get("uptime")),
         report.as_ref().map_or("-", |r| r.get("systemd")),
     );
