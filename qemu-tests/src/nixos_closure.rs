@@ -32,7 +32,7 @@ use std::process::Command;
 /// Starts the report unit's console line.
 pub const REPORT_MARKER: &str = "nixboot-real-systemd:";
 /// Bumped when the builder's output changes in a way the generated texts do not show.
-const BUILDER_REVISION: &str = "7";
+const BUILDER_REVISION: &str = "8";
 /// Debian's multiarch library directories, relative to the root.
 const LIB_DIRS: &[&str] = &[
     "usr/lib/x86_64-linux-gnu",
@@ -384,7 +384,8 @@ fn patch_systemd(debian: &Path, guest: &str) -> Result<(), String> {
         cmd.arg("--set-rpath").arg(&runpath);
         if file == exe {
             cmd.arg("--set-interpreter")
-                .arg(format!("{guest}/usr/lib64/ld-linux-x86-64.so.2"));
+                // The loader itself: Debian's /usr/lib64 entry is an absolute link to /lib/...
+                .arg(format!("{guest}/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"));
         }
         run(cmd.arg(&tmp))?;
         std::fs::rename(&tmp, &file).map_err(|e| e.to_string())?;
