@@ -385,7 +385,9 @@ fn patch_systemd(debian: &Path, guest: &str) -> Result<(), String> {
         if file == exe {
             cmd.arg("--set-interpreter")
                 // The loader itself: Debian's /usr/lib64 entry is an absolute link to /lib/...
-                .arg(format!("{guest}/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"));
+                .arg(format!(
+                    "{guest}/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+                ));
         }
         run(cmd.arg(&tmp))?;
         std::fs::rename(&tmp, &file).map_err(|e| e.to_string())?;
@@ -652,7 +654,7 @@ impl Texts {
             report_unit: format!(
                 "[Unit]\nDescription=nixboot boot-test report\n\n\
                  [Service]\nType=simple\nExecStart={}/bin/nixboot-report\n\
-                 StandardOutput=tty\nStandardError=journal\nTTYPath=/dev/console\n",
+                 StandardOutput=journal\n",
                 store(&n.tools)
             ),
         }
@@ -889,6 +891,8 @@ fn report_script(n: &Names) -> String {
         s,
         r#"# Reports what the boot test asserts, as `key=value` words after the marker.
 export PATH=/usr/bin:/usr/sbin:{busybox}/bin
+exec 2>/dev/console
+echo "{marker}-detail started at $(cut -d' ' -f1 /proc/uptime)s" > /dev/console
 # Started with multi-user.target's jobs (not after them): a job that never ends must show
 # up in the report, not as a silent timeout. Wait for the target, then for the boot's end.
 for _ in $(seq 1 240); do
@@ -901,7 +905,7 @@ state=$(timeout 60 systemctl is-system-running --wait 2>/dev/null)
 jobs=$(systemctl list-jobs --no-legend --plain 2>/dev/null | awk '{{print $2}}' | paste -sd, -)
 # For a human reading a failed test's console: what failed or still runs, and why.
 for u in $(systemctl --failed --no-legend --plain 2>/dev/null | awk '{{print $1}}') ${{jobs//,/ }}; do
-    journalctl -b -u "$u" -n 4 -o cat --no-pager 2>/dev/null | sed "s|^|{marker}-detail $u: |"
+    journalctl -b -u "$u" -n 4 -o cat --no-pager 2>/dev/null | sed "s|^|{marker}-detail $u: |" > /dev/console
 done
 v() {{ local x="$*"; x=${{x//[[:space:]]/_}}; printf '%s' "${{x:--}}"; }}
 failed=$(systemctl --failed --no-legend --plain 2>/dev/null | awk '{{print $1}}' | paste -sd, -)
@@ -929,7 +933,7 @@ line+=" kmsg_stage2_log=$(grep -c 'stage-2-init: running activation script' <<<"
 line+=" kmsg_activation=$(grep -c 'running activation script' <<<"$kmsg")"
 line+=" uptime=$(v "$(cut -d' ' -f1 /proc/uptime)")"
 line+=" END"
-echo "$line"
+echo "$line" > /dev/console
 systemctl --no-block poweroff
 "#,
         busybox = store(&n.busybox),

@@ -88,7 +88,12 @@ fn boot(kit: &Kit, store: &NixosStore, f: Flavour, init: String) -> Outcome {
     let cmdline = KernelCmdline {
         init: Some(init),
         // systemd's animated status lines cost much on a TCG serial console; failures still show.
-        kernel_params: vec!["systemd.show_status=error".into()],
+        // PID 1's own log on the console (it goes to the journal alone once journald runs):
+        // a stuck boot must be readable from the test's output.
+        kernel_params: vec![
+            "systemd.show_status=error".into(),
+            "systemd.log_target=kmsg".into(),
+        ],
         ..Default::default()
     }
     .render();
