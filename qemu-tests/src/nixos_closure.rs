@@ -32,7 +32,7 @@ use std::process::Command;
 /// Starts the report unit's console line.
 pub const REPORT_MARKER: &str = "nixboot-real-systemd:";
 /// Bumped when the builder's output changes in a way the generated texts do not show.
-const BUILDER_REVISION: &str = "8";
+const BUILDER_REVISION: &str = "9";
 /// Debian's multiarch library directories, relative to the root.
 const LIB_DIRS: &[&str] = &[
     "usr/lib/x86_64-linux-gnu",
@@ -41,6 +41,16 @@ const LIB_DIRS: &[&str] = &[
 ];
 /// Files NixOS's activation writes as real files (users and groups), not links.
 const COPIED_ETC: &[&str] = &["passwd", "group", "shadow", "gshadow", "subuid", "subgid"];
+/// Unit types systemd will not load through a symlink (only services, sockets, targets ...
+/// may be aliased).
+const NO_SYMLINK_UNITS: &[&str] = &[
+    ".mount",
+    ".automount",
+    ".slice",
+    ".swap",
+    ".scope",
+    ".device",
+];
 /// Busybox applets the scripts use (besides bash's builtins).
 const APPLETS: &[&str] = &[
     "awk",
@@ -421,10 +431,10 @@ fn write_etc(debian_etc: &Path, etc: &Path, texts: &Texts) -> Result<(), String>
         &units.join("default.target"),
     )?;
     write(&units.join("nixboot-report.service"), &texts.report_unit)?;
-    mkdirs(&units.join("multi-user.target.wants"))?;
+    mkdirs(&units.join("sysinit.target.wants"))?;
     sym(
         "/etc/systemd/system/nixboot-report.service",
-        &units.join("multi-user.target.wants/nixboot-report.service"),
+        &units.join("sysinit.target.wants/nixboot-report.service"),
     )
 }
 
@@ -579,11 +589,14 @@ fn link_units(src: &Path, dst: &Path, guest: &str) -> Result<(), String> {
         if std::fs::symlink_metadata(&to).is_ok() && !to.is_dir() {
             continue;
         }
-        if std::fs::symlink_metadata(e.path())
-            .map_err(|e| e.to_string())?
-            .is_dir()
-        {
+        let m = std::fs::symlink_metadata(e.path()).map_err(|e| e.to_string())?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if m.is_dir() {
             link_units(&e.path(), &to, &g)?;
+        } else if m.is_file() && NO_SYMLINK_UNITS.iter().any(|t| name.ends_with(t)) {
+            // systemd refuses these types as symlinks ("symlinks are not allowed for units
+            // of this type"): the image carries their text.
+            copy(&e.path(), &to)?;
         } else {
             sym(&g, &to)?;
         }
@@ -652,7 +665,7 @@ impl Texts {
             stand_in: stand_in_script(n),
             report: report_script(n),
             report_unit: format!(
-                "[Unit]\nDescription=nixboot boot-test report\n\n\
+                "[Unit]\nDescription=nixboot boot-test report\nDefaultDependencies=no\n\n\
                  [Service]\nType=simple\nExecStart={}/bin/nixboot-report\n\
                  StandardOutput=journal\n",
                 store(&n.tools)
@@ -893,15 +906,19 @@ fn report_script(n: &Names) -> String {
 export PATH=/usr/bin:/usr/sbin:{busybox}/bin
 exec 2>/dev/console
 echo "{marker}-detail started at $(cut -d' ' -f1 /proc/uptime)s" > /dev/console
-# Started with multi-user.target's jobs (not after them): a job that never ends must show
-# up in the report, not as a silent timeout. Wait for the target, then for the boot's end.
-for _ in $(seq 1 240); do
+# Started early in sysinit (not after multi-user.target): a job that never ends must show up
+# in the report, not as a silent timeout. Wait for the target (saying every 30 s what still
+# runs), then for the boot's end.
+for i in $(seq 1 180); do
     [ "$(systemctl is-active multi-user.target)" = active ] && break
+    if [ $((i % 30)) = 0 ]; then
+        echo "{marker}-detail at $(cut -d' ' -f1 /proc/uptime)s running: $(systemctl list-jobs --no-legend --plain | awk '$4 == "running" {{print $2}}' | paste -sd' ' -)" > /dev/console
+    fi
     sleep 1
 done
 multi_user=$(systemctl is-active multi-user.target)
 multi_user_uptime=$(cut -d' ' -f1 /proc/uptime)
-state=$(timeout 60 systemctl is-system-running --wait 2>/dev/null)
+state=$(timeout 30 systemctl is-system-running --wait 2>/dev/null)
 jobs=$(systemctl list-jobs --no-legend --plain 2>/dev/null | awk '{{print $2}}' | paste -sd, -)
 # For a human reading a failed test's console: what failed or still runs, and why.
 for u in $(systemctl --failed --no-legend --plain 2>/dev/null | awk '{{print $1}}') ${{jobs//,/ }}; do
