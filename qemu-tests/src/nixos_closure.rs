@@ -32,7 +32,7 @@ use std::process::Command;
 /// Starts the report unit's console line.
 pub const REPORT_MARKER: &str = "nixboot-real-systemd:";
 /// Bumped when the builder's output changes in a way the generated texts do not show.
-const BUILDER_REVISION: &str = "9";
+const BUILDER_REVISION: &str = "10";
 /// Debian's multiarch library directories, relative to the root.
 const LIB_DIRS: &[&str] = &[
     "usr/lib/x86_64-linux-gnu",
@@ -425,11 +425,6 @@ fn write_etc(debian_etc: &Path, etc: &Path, texts: &Texts) -> Result<(), String>
     )?;
     write(&etc.join("NIXOS"), "")?;
     let units = etc.join("systemd/system");
-    let _ = std::fs::remove_file(units.join("default.target"));
-    sym(
-        "/lib/systemd/system/multi-user.target",
-        &units.join("default.target"),
-    )?;
     write(&units.join("nixboot-report.service"), &texts.report_unit)?;
     mkdirs(&units.join("sysinit.target.wants"))?;
     sym(
