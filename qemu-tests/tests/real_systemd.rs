@@ -90,9 +90,12 @@ fn boot(kit: &Kit, store: &NixosStore, f: Flavour, init: String) -> Outcome {
         // systemd's animated status lines cost much on a TCG serial console; failures still show.
         // PID 1's own log on the console (it goes to the journal alone once journald runs):
         // a stuck boot must be readable from the test's output.
+        // multi-user.target by name: Debian's default.target is graphical.target, and an
+        // alias reached through /etc/static links is loaded under its own name.
         kernel_params: vec![
             "systemd.show_status=error".into(),
             "systemd.log_target=kmsg".into(),
+            "systemd.unit=multi-user.target".into(),
         ],
         ..Default::default()
     }
