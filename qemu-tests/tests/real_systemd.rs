@@ -12,7 +12,11 @@
 //! /etc is the overlay of the erofs metadata image and /run/current-system is linked.
 //!
 //! Needs `.ci/setup-real-parts` (NIXBOOT_DEBIAN_ROOT, patchelf, mkfs.erofs, bash-static).
-//! Runs on whichever kernel NIXBOOT_KERNEL/NIXBOOT_MODULES name (Debian's 6.1 or 6.12).
+//! Runs on whichever kernel NIXBOOT_KERNEL/NIXBOOT_MODULES name (Debian's 6.1 or 6.12;
+//! `NIXBOOT_KERNEL=$NIXBOOT_KERNEL_612 NIXBOOT_MODULES=$NIXBOOT_MODULES_612` for the latter).
+//! The nixos-init tests need overlayfs data-only layers (Linux 6.5+): on 6.1 they say SKIP.
+//! The store is shared with virtiofsd `--cache=always` (it is built once, never changed under
+//! a guest): with `--cache=never` a boot to multi-user took several times longer under TCG.
 
 mod common;
 
