@@ -124,6 +124,9 @@ fn module_file_missing_starts_the_emergency_shell() {
     let Some(kit) = kit("module_file_missing_starts_the_emergency_shell") else {
         return;
     };
+    if common::needs_virtiofs_modules("module_file_missing_starts_the_emergency_shell").is_none() {
+        return;
+    }
     let probe = kit.probe_store("store");
     let initrd = edited_config(&kit, |c| {
         let fuse = c.modules.iter_mut().find(|m| m.name == "fuse").unwrap();
@@ -160,6 +163,9 @@ fn module_failing_to_load() {
     let Some(kit) = kit("module_failing_to_load") else {
         return;
     };
+    if common::needs_virtiofs_modules("module_failing_to_load").is_none() {
+        return;
+    }
     let probe = kit.probe_store("store");
     // virtiofs without fuse, which it needs: the kernel refuses it (unknown symbols).
     let initrd = edited_config(&kit, |c| c.modules.retain(|m| m.name != "fuse"));

@@ -49,6 +49,11 @@ fn compress_module(path: &Path, ext: &str) -> std::path::PathBuf {
 fn compressed_modules_are_unpacked_at_build_time_and_load() {
     let test = "compressed_modules_are_unpacked_at_build_time_and_load";
     let Some(f) = fixture(test) else { return };
+    // On a kernel that builds this set in, its own .ko.xz modules (loop, erofs, overlay) are
+    // unpacked and loaded by nixos_init.rs instead.
+    if common::needs_virtiofs_modules(test).is_none() {
+        return;
+    }
     // A modules tree with the imageless set only, most of it recompressed.
     let kver = f.env.modules.file_name().unwrap().to_owned();
     let tree = f.tmp.path().join("lib/modules").join(&kver);

@@ -58,6 +58,21 @@ pub fn loadable_modules() -> Vec<&'static str> {
         .filter(|m| !builtin.iter().any(|b| b == m))
         .collect()
 }
+/// `None` when the kernel under test has virtiofs and fuse as modules (Debian 12's 6.1);
+/// otherwise the skip reason of a test that needs them as modules (Debian 13's 6.12 builds
+/// them in), recorded in the skip list.
+pub fn needs_virtiofs_modules(test: &str) -> Option<()> {
+    let loadable = loadable_modules();
+    if loadable.contains(&"fuse") && loadable.contains(&"virtiofs") {
+        return Some(());
+    }
+    qemu_tests::artifacts::skip(
+        test,
+        "this kernel builds fuse and virtiofs in: the test needs them as modules (it runs on \
+         Debian 12's 6.1)",
+    );
+    None
+}
 /// What block-root tests load (ext4 is built into Debian's cloud kernel).
 pub const BLOCK_MODULES: &[&str] = &["virtio_pci", "virtio_blk"];
 /// At most this many QEMUs of one test process at once, whatever --test-threads says.
