@@ -695,43 +695,9 @@ fn parse_archive(buf: &[u8], base: usize) -> Result<(Vec<Entry>, bool, usize), C
             offset: at,
             what: "header",
         })?;
-        if &header[..6] != MAGIC_NEWC && &header[..6] != MAGIC_CRC {
-            return Err(CpioError::BadMagic { offset: at });
-        }
-        const NAMES: [&str; 13] = [
-            "ino",
-            "mode",
-            "uid",
-            "gid",
-            "nlink",
-            "mtime",
-            "filesize",
-            "devmajor",
-            "devminor",
-            "rdevmajor",
-            "rdevminor",
-            "namesize",
-            "check",
-        ];
-        let mut f = [0u32; 13];
-        for (i, slot) in f.iter_mut().enumerate() {
-            let text = &header[6 + 8 * i..14 + 8 * i];
-            *slot = std::str::from_utf8(text)
-                .ok()
-                .and_then(|t| u32::from_str_radix(t, 16).ok())
-                .ok_or(CpioError::BadField {
-                    offset: at,
-                    field: NAMES[i],
-                })?;
-        }
+        let f = parse_header(header, at)?;
         let namesize = f[11] as usize;
         let filesize = f[6] as usize;
-        if namesize == 0 {
-            return Err(CpioError::BadField {
-                offset: at,
-                field: "namesize",
-            });
-        }
         let name_start = pos + HEADER_LEN;
         let raw_name = buf
             .get(name_start..name_start + namesize)
@@ -753,22 +719,70 @@ fn parse_archive(buf: &[u8], base: usize) -> Result<(Vec<Entry>, bool, usize), C
         if name == TRAILER {
             return Ok((entries, true, pos.min(buf.len())));
         }
-        entries.push(Entry {
-            name,
-            ino: f[0],
-            mode: f[1],
-            uid: f[2],
-            gid: f[3],
-            nlink: f[4],
-            mtime: f[5],
-            dev_major: f[7],
-            dev_minor: f[8],
-            rdev_major: f[9],
-            rdev_minor: f[10],
-            data: data.to_vec(),
-        });
+        entries.push(entry_from_fields(name, &f, data));
     }
     Ok((entries, false, buf.len()))
+}
+
+/// The header's fields after the magic, in order, as named in errors.
+const HEADER_FIELDS: [&str; 13] = [
+    "ino",
+    "mode",
+    "uid",
+    "gid",
+    "nlink",
+    "mtime",
+    "filesize",
+    "devmajor",
+    "devminor",
+    "rdevmajor",
+    "rdevminor",
+    "namesize",
+    "check",
+];
+
+/// The 13 numeric fields of a `HEADER_LEN`-byte header at offset `at` (which labels errors);
+/// the magic is checked and namesize must not be 0.
+fn parse_header(header: &[u8], at: usize) -> Result<[u32; 13], CpioError> {
+    if &header[..6] != MAGIC_NEWC && &header[..6] != MAGIC_CRC {
+        return Err(CpioError::BadMagic { offset: at });
+    }
+    let mut f = [0u32; 13];
+    for (i, slot) in f.iter_mut().enumerate() {
+        let text = &header[6 + 8 * i..14 + 8 * i];
+        *slot = std::str::from_utf8(text)
+            .ok()
+            .and_then(|t| u32::from_str_radix(t, 16).ok())
+            .ok_or(CpioError::BadField {
+                offset: at,
+                field: HEADER_FIELDS[i],
+            })?;
+    }
+    if f[11] == 0 {
+        return Err(CpioError::BadField {
+            offset: at,
+            field: "namesize",
+        });
+    }
+    Ok(f)
+}
+
+/// The entry a parsed header, its name and its data describe.
+fn entry_from_fields(name: String, f: &[u32; 13], data: &[u8]) -> Entry {
+    Entry {
+        name,
+        ino: f[0],
+        mode: f[1],
+        uid: f[2],
+        gid: f[3],
+        nlink: f[4],
+        mtime: f[5],
+        dev_major: f[7],
+        dev_minor: f[8],
+        rdev_major: f[9],
+        rdev_minor: f[10],
+        data: data.to_vec(),
+    }
 }
 
 fn align4(n: usize) -> usize {

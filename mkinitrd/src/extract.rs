@@ -59,136 +59,208 @@ pub fn safe_relative(name: &str) -> Option<PathBuf> {
 /// Extracts all segments into `dir` (created if missing).
 pub fn extract(segments: &[Segment], dir: &Path) -> Result<ExtractReport, ExtractError> {
     fs::create_dir_all(dir).map_err(err(dir))?;
-    let root = fs::canonicalize(dir).map_err(err(dir))?;
-    let is_root = rustix::process::geteuid().is_root();
-    let mut report = ExtractReport::default();
-    // Directories: final mode and mtime, applied deepest first at the end.
-    let mut dirs: Vec<(PathBuf, u32, u32, u32, u32)> = Vec::new();
+    let mut x = Extraction {
+        root: fs::canonicalize(dir).map_err(err(dir))?,
+        is_root: rustix::process::geteuid().is_root(),
+        report: ExtractReport::default(),
+        dirs: Vec::new(),
+    };
     for seg in segments {
         // The kernel's hard-link table lives until the segment's trailer.
-        let mut links: HashMap<(u32, u32, u32, u32), PathBuf> = HashMap::new();
+        let mut links = Links::new();
         for e in &seg.entries {
-            let Some(rel) = safe_relative(&e.name) else {
-                if e.path() != "/" {
-                    report
-                        .notes
-                        .push(format!("{}: leaves the target directory; skipped", e.name));
-                }
-                continue;
-            };
-            let path = root.join(&rel);
-            match parent_ok(&root, &rel) {
-                Ok(true) => {}
-                Ok(false) => {
-                    report.notes.push(format!(
-                        "{}: a parent is a symlink or not a directory; skipped",
-                        e.name
-                    ));
-                    continue;
-                }
-                Err(source) => return Err(ExtractError { path, source }),
-            }
-            if let Some(why) = clear(&path, e).map_err(err(&path))? {
-                report.notes.push(format!("{}: {why}; skipped", e.name));
-                continue;
-            }
-            let perm = e.mode & 0o7777;
-            match e.file_type() {
-                cpio::S_IFDIR => {
-                    if !path.is_dir() {
-                        fs::create_dir(&path).map_err(err(&path))?;
-                    }
-                    // Writable by us until the end.
-                    fs::set_permissions(&path, fs::Permissions::from_mode(0o700))
-                        .map_err(err(&path))?;
-                    dirs.push((path, perm, e.mtime, e.uid, e.gid));
-                    report.written += 1;
-                    continue;
-                }
-                cpio::S_IFREG => {
-                    let key = (e.dev_major, e.dev_minor, e.ino, e.mode);
-                    let linked = if e.nlink >= 2 {
-                        match links.get(&key) {
-                            Some(first) => {
-                                fs::hard_link(first, &path).map_err(err(&path))?;
-                                true
-                            }
-                            None => {
-                                links.insert(key, path.clone());
-                                false
-                            }
-                        }
-                    } else {
-                        false
-                    };
-                    let mut opts = fs::OpenOptions::new();
-                    opts.write(true)
-                        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
-                    if linked {
-                        // GNU cpio puts the data on the last link: write through it.
-                        if e.data.is_empty() {
-                            report.written += 1;
-                            continue;
-                        }
-                        opts.truncate(true);
-                    } else {
-                        opts.create_new(true).mode(0o600);
-                    }
-                    let mut f = opts.open(&path).map_err(err(&path))?;
-                    f.write_all(&e.data).map_err(err(&path))?;
-                }
-                cpio::S_IFLNK => {
-                    let target = String::from_utf8_lossy(&e.data).into_owned();
-                    std::os::unix::fs::symlink(&target, &path).map_err(err(&path))?;
-                }
-                cpio::S_IFCHR | cpio::S_IFBLK | cpio::S_IFIFO => {
-                    let kind = match e.file_type() {
-                        cpio::S_IFCHR => rustix::fs::FileType::CharacterDevice,
-                        cpio::S_IFBLK => rustix::fs::FileType::BlockDevice,
-                        _ => rustix::fs::FileType::Fifo,
-                    };
-                    if kind != rustix::fs::FileType::Fifo && !is_root {
-                        report.notes.push(format!(
-                            "{}: device node {},{} skipped (not running as root)",
-                            e.name, e.rdev_major, e.rdev_minor
-                        ));
-                        continue;
-                    }
-                    let dev = rustix::fs::makedev(e.rdev_major, e.rdev_minor);
-                    if let Err(e2) = rustix::fs::mknodat(
-                        rustix::fs::CWD,
-                        &path,
-                        kind,
-                        rustix::fs::Mode::from_raw_mode(perm),
-                        dev,
-                    ) {
-                        report
-                            .notes
-                            .push(format!("{}: mknod refused ({e2}); skipped", e.name));
-                        continue;
-                    }
-                }
-                _ => {
-                    report.notes.push(format!(
-                        "{}: socket or unknown type {:o}; skipped",
-                        e.name,
-                        e.mode & cpio::S_IFMT
-                    ));
-                    continue;
-                }
-            }
-            let mode = (e.file_type() != cpio::S_IFLNK).then_some(perm);
-            finish(&path, mode, e.mtime, e.uid, e.gid, is_root).map_err(err(&path))?;
-            report.written += 1;
+            x.entry(e, &mut links)?;
         }
     }
-    // Deepest first: setting a parent's mtime after its children were touched.
-    dirs.sort_by(|a, b| b.0.cmp(&a.0));
-    dirs.dedup_by(|a, b| a.0 == b.0);
-    for (path, perm, mtime, uid, gid) in dirs {
-        finish(&path, Some(perm), mtime, uid, gid, is_root).map_err(err(&path))?;
+    x.finish_dirs()
+}
+
+/// Hard links seen in one segment: (dev major, dev minor, inode, mode) to the first path.
+type Links = HashMap<(u32, u32, u32, u32), PathBuf>;
+
+/// A directory's final mode, mtime and owner, applied at the end.
+struct DirMeta {
+    path: PathBuf,
+    perm: u32,
+    mtime: u32,
+    uid: u32,
+    gid: u32,
+}
+
+/// The state of one extraction.
+struct Extraction {
+    root: PathBuf,
+    is_root: bool,
+    report: ExtractReport,
+    /// Directories: final mode and mtime, applied deepest first at the end.
+    dirs: Vec<DirMeta>,
+}
+
+/// What making one entry did.
+enum Made {
+    /// Made; its owner, mode and mtime are still to be set.
+    Node,
+    /// Made and complete (a directory waiting for the end, or a data-less extra hard link).
+    Done,
+    /// Not made; the note says why.
+    Skipped(String),
+}
+
+impl Extraction {
+    /// Makes one entry, or notes why it was skipped.
+    fn entry(&mut self, e: &Entry, links: &mut Links) -> Result<(), ExtractError> {
+        let Some(path) = self.target(e)? else {
+            return Ok(());
+        };
+        let perm = e.mode & 0o7777;
+        let made = match e.file_type() {
+            cpio::S_IFDIR => self.make_dir(&path, e, perm)?,
+            cpio::S_IFREG => write_file(&path, e, links)?,
+            cpio::S_IFLNK => {
+                let target = String::from_utf8_lossy(&e.data).into_owned();
+                std::os::unix::fs::symlink(&target, &path).map_err(err(&path))?;
+                Made::Node
+            }
+            cpio::S_IFCHR | cpio::S_IFBLK | cpio::S_IFIFO => {
+                make_node(&path, e, perm, self.is_root)
+            }
+            _ => Made::Skipped(format!(
+                "{}: socket or unknown type {:o}; skipped",
+                e.name,
+                e.mode & cpio::S_IFMT
+            )),
+        };
+        match made {
+            Made::Node => {
+                let mode = (e.file_type() != cpio::S_IFLNK).then_some(perm);
+                finish(&path, mode, e.mtime, e.uid, e.gid, self.is_root).map_err(err(&path))?;
+                self.report.written += 1;
+            }
+            Made::Done => self.report.written += 1,
+            Made::Skipped(note) => self.report.notes.push(note),
+        }
+        Ok(())
     }
-    Ok(report)
+
+    /// Where `e` goes below the root, with room made for it; None (and a note) when it is
+    /// skipped.
+    fn target(&mut self, e: &Entry) -> Result<Option<PathBuf>, ExtractError> {
+        let Some(rel) = safe_relative(&e.name) else {
+            if e.path() != "/" {
+                self.report
+                    .notes
+                    .push(format!("{}: leaves the target directory; skipped", e.name));
+            }
+            return Ok(None);
+        };
+        let path = self.root.join(&rel);
+        match parent_ok(&self.root, &rel) {
+            Ok(true) => {}
+            Ok(false) => {
+                self.report.notes.push(format!(
+                    "{}: a parent is a symlink or not a directory; skipped",
+                    e.name
+                ));
+                return Ok(None);
+            }
+            Err(source) => return Err(ExtractError { path, source }),
+        }
+        if let Some(why) = clear(&path, e).map_err(err(&path))? {
+            self.report
+                .notes
+                .push(format!("{}: {why}; skipped", e.name));
+            return Ok(None);
+        }
+        Ok(Some(path))
+    }
+
+    /// Makes (or keeps) a directory, writable by us until `finish_dirs`.
+    fn make_dir(&mut self, path: &Path, e: &Entry, perm: u32) -> Result<Made, ExtractError> {
+        if !path.is_dir() {
+            fs::create_dir(path).map_err(err(path))?;
+        }
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(err(path))?;
+        self.dirs.push(DirMeta {
+            path: path.to_owned(),
+            perm,
+            mtime: e.mtime,
+            uid: e.uid,
+            gid: e.gid,
+        });
+        Ok(Made::Done)
+    }
+
+    /// Gives every directory its final mode, owner and mtime; returns the report.
+    fn finish_dirs(mut self) -> Result<ExtractReport, ExtractError> {
+        // Deepest first: setting a parent's mtime after its children were touched.
+        self.dirs.sort_by(|a, b| b.path.cmp(&a.path));
+        self.dirs.dedup_by(|a, b| a.path == b.path);
+        for d in self.dirs {
+            finish(&d.path, Some(d.perm), d.mtime, d.uid, d.gid, self.is_root)
+                .map_err(err(&d.path))?;
+        }
+        Ok(self.report)
+    }
+}
+
+/// Writes a regular file, or a hard link to an earlier entry of the same segment.
+fn write_file(path: &Path, e: &Entry, links: &mut Links) -> Result<Made, ExtractError> {
+    let key = (e.dev_major, e.dev_minor, e.ino, e.mode);
+    let linked = if e.nlink >= 2 {
+        match links.get(&key) {
+            Some(first) => {
+                fs::hard_link(first, path).map_err(err(path))?;
+                true
+            }
+            None => {
+                links.insert(key, path.to_owned());
+                false
+            }
+        }
+    } else {
+        false
+    };
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    if linked {
+        // GNU cpio puts the data on the last link: write through it.
+        if e.data.is_empty() {
+            return Ok(Made::Done);
+        }
+        opts.truncate(true);
+    } else {
+        opts.create_new(true).mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(err(path))?;
+    f.write_all(&e.data).map_err(err(path))?;
+    Ok(Made::Node)
+}
+
+/// Makes a device node (as root only) or a FIFO; a refused mknod is a note, not an error.
+fn make_node(path: &Path, e: &Entry, perm: u32, is_root: bool) -> Made {
+    let kind = match e.file_type() {
+        cpio::S_IFCHR => rustix::fs::FileType::CharacterDevice,
+        cpio::S_IFBLK => rustix::fs::FileType::BlockDevice,
+        _ => rustix::fs::FileType::Fifo,
+    };
+    if kind != rustix::fs::FileType::Fifo && !is_root {
+        return Made::Skipped(format!(
+            "{}: device node {},{} skipped (not running as root)",
+            e.name, e.rdev_major, e.rdev_minor
+        ));
+    }
+    let dev = rustix::fs::makedev(e.rdev_major, e.rdev_minor);
+    match rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        kind,
+        rustix::fs::Mode::from_raw_mode(perm),
+        dev,
+    ) {
+        Ok(()) => Made::Node,
+        Err(e2) => Made::Skipped(format!("{}: mknod refused ({e2}); skipped", e.name)),
+    }
 }
 
 /// Whether every parent of `rel` below `root` is a real directory (missing ones are made).

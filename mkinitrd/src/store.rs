@@ -76,66 +76,26 @@ pub fn resolve(
         .clone()
         .unwrap_or_else(|| PathBuf::from(STORE_DIR));
     let mut notes = Vec::new();
-    let mut names = BTreeSet::new();
-    if let Some(file) = &opts.store_paths {
-        let text = fs::read_to_string(file).map_err(|source| StoreError::Read {
-            path: file.clone(),
-            source,
-        })?;
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() {
-                continue;
-            }
-            let name = store_name(line, &store_dir).ok_or_else(|| StoreError::NotAStorePath {
-                file: file.clone(),
-                line: i + 1,
-                text: line.to_owned(),
-                store_dir: store_dir.clone(),
-            })?;
-            names.insert(name);
-        }
+    let names = if let Some(file) = &opts.store_paths {
+        names_from_file(file, &store_dir)?
     } else if let Some(dir) = &opts.store_dir {
-        let read = |source| StoreError::Read {
-            path: dir.clone(),
-            source,
-        };
-        for entry in fs::read_dir(dir).map_err(read)? {
-            let entry = entry.map_err(read)?;
-            // Nix's own bookkeeping, never a store path.
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                continue;
-            }
-            names.insert(name);
-        }
+        let names = names_in_dir(dir)?;
         notes.push(format!(
             "embedding every entry of {} ({} store paths)",
             dir.display(),
             names.len()
         ));
+        names
     } else {
         let Some(closure) = closure else {
             return Err(StoreError::Unknown {
                 reason: "and there is no --closure to ask Nix about".into(),
             });
         };
-        names = nix_requisites(closure)?;
-    }
+        nix_requisites(closure)?
+    };
     if let Some(closure) = closure {
-        let canonical = fs::canonicalize(closure).map_err(|source| StoreError::Read {
-            path: closure.to_owned(),
-            source,
-        })?;
-        let store_dir_c = fs::canonicalize(&store_dir).unwrap_or_else(|_| store_dir.clone());
-        if let Some(name) = store_name(&canonical.to_string_lossy(), &store_dir_c) {
-            if !names.contains(&name) {
-                return Err(StoreError::ClosureNotListed {
-                    closure: closure.to_owned(),
-                    name,
-                });
-            }
-        }
+        check_closure_listed(closure, &names, &store_dir)?;
     }
     let mut out = Vec::new();
     for name in names {
@@ -150,6 +110,70 @@ pub fn resolve(
         out.push(StorePath { name, host });
     }
     Ok((out, notes))
+}
+
+/// The names listed in a closureInfo `store-paths` file (blank lines ignored).
+fn names_from_file(file: &Path, store_dir: &Path) -> Result<BTreeSet<String>, StoreError> {
+    let text = fs::read_to_string(file).map_err(|source| StoreError::Read {
+        path: file.to_owned(),
+        source,
+    })?;
+    let mut names = BTreeSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let name = store_name(line, store_dir).ok_or_else(|| StoreError::NotAStorePath {
+            file: file.to_owned(),
+            line: i + 1,
+            text: line.to_owned(),
+            store_dir: store_dir.to_owned(),
+        })?;
+        names.insert(name);
+    }
+    Ok(names)
+}
+
+/// Every entry of `dir` but dot files.
+fn names_in_dir(dir: &Path) -> Result<BTreeSet<String>, StoreError> {
+    let read = |source| StoreError::Read {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut names = BTreeSet::new();
+    for entry in fs::read_dir(dir).map_err(read)? {
+        let entry = entry.map_err(read)?;
+        // Nix's own bookkeeping, never a store path.
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        names.insert(name);
+    }
+    Ok(names)
+}
+
+/// Fails when `closure` is a store path whose name is not among `names`.
+fn check_closure_listed(
+    closure: &Path,
+    names: &BTreeSet<String>,
+    store_dir: &Path,
+) -> Result<(), StoreError> {
+    let canonical = fs::canonicalize(closure).map_err(|source| StoreError::Read {
+        path: closure.to_owned(),
+        source,
+    })?;
+    let store_dir_c = fs::canonicalize(store_dir).unwrap_or_else(|_| store_dir.to_owned());
+    if let Some(name) = store_name(&canonical.to_string_lossy(), &store_dir_c) {
+        if !names.contains(&name) {
+            return Err(StoreError::ClosureNotListed {
+                closure: closure.to_owned(),
+                name,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `<hash>-<name>` of `/nix/store/<hash>-<name>[/...]` or `<store_dir>/<hash>-<name>[/...]`.

@@ -676,6 +676,7 @@ fn shebang(n: &Names) -> String {
 /// Modelled on nixpkgs' nixos/modules/system/boot/stage-2-init.sh (master): the same steps
 /// in the same order, its kernel-log copy through process substitution exactly as upstream
 /// (which needs /dev/fd from stage 1), busybox for the tools NixOS takes from its store.
+// Long only because it is the script's text, kept whole so it reads as the script.
 fn stage2_script(n: &Names, f: Flavour) -> String {
     let config = store(&n.toplevels[&f]);
     let path = format!("{}/bin:{}/bin", store(&n.busybox), store(&n.bash));
@@ -893,6 +894,7 @@ exec "$top/init"
 }
 
 /// One console line for the boot test once the system is up, then power off.
+// One template: the script's text, kept whole so it reads as the script.
 fn report_script(n: &Names) -> String {
     let mut s = shebang(n);
     let _ = write!(
