@@ -59,6 +59,9 @@ pub struct Options {
     pub quiet: bool,
     /// Everything after a standalone `--`: handed to the next init untouched.
     pub init_args: Vec<String>,
+    /// `nixboot.exec=BASE64` (`nixboot-qemu --exec`): the command to run once booted
+    /// (`nixboot_protocol::exec`), decoded.
+    pub exec: Option<String>,
     /// Malformed values of our keys, in command-line order (each value was ignored).
     pub warnings: Vec<String>,
 }
@@ -179,6 +182,7 @@ impl Default for Options {
             debug: false,
             quiet: false,
             init_args: Vec::new(),
+            exec: None,
             warnings: Vec::new(),
         }
     }
@@ -378,6 +382,11 @@ fn apply_nixboot(o: &mut Options, key: &str, value: Option<&str>) -> Result<(), 
             Some(b) => o.debug = b,
             None => return Err(format!("{shown:?} is not a boolean, ignored")),
         },
+        "nixboot.exec" => match nixboot_protocol::exec::decode_command(shown) {
+            Ok(c) if !c.is_empty() => o.exec = Some(c),
+            Ok(_) => return Err("an empty command, ignored".into()),
+            Err(e) => return Err(format!("not a command in base64 ({e}), ignored")),
+        },
         // Our namespace: a typo here would otherwise go unnoticed.
         _ => {
             return Err(format!(
@@ -396,6 +405,7 @@ const NIXBOOT_KEYS: &[&str] = &[
     "nixboot.store_overlay",
     "nixboot.tmpfs_size",
     "nixboot.debug",
+    "nixboot.exec",
 ];
 
 /// dracut's booleans: a bare key is `1`.
@@ -548,6 +558,22 @@ mod tests {
             key: k.into(),
             value: v.map(Into::into),
         }
+    }
+
+    #[test]
+    fn exec_carries_a_base64_command() {
+        let param = nixboot_protocol::exec::cmdline_param("echo 'a b'; exit 3");
+        let o = parse(&format!("init=/x {param}"));
+        assert_eq!(o.exec.as_deref(), Some("echo 'a b'; exit 3"));
+        assert!(o.warnings.is_empty(), "{:?}", o.warnings);
+        let bad = parse("nixboot.exec=not*base64");
+        assert_eq!(bad.exec, None);
+        assert!(
+            bad.warnings[0].starts_with("nixboot.exec: not a command"),
+            "{:?}",
+            bad.warnings
+        );
+        assert!(!parse("nixboot.exec=").warnings.is_empty());
     }
 
     #[test]
