@@ -433,7 +433,8 @@ fn exec_verdict(
         return (
             125,
             Some(format!(
-                "the guest stopped after {secs:.1}s before {command:?} ended (no exit status on                  virtio-serial port {port}); console: {console}"
+                "the guest stopped after {secs:.1}s before {command:?} ended (no exit status on \
+             virtio-serial port {port}); console: {console}"
             )),
         );
     }
@@ -449,7 +450,9 @@ fn exec_verdict(
     (
         125,
         Some(format!(
-            "the guest never started {command:?}: waited for the runner (nixboot's init, or the              closure's agent after multi-user.target) to say `started` on virtio-serial port              {port}; {why}; console: {console}"
+            "the guest never started {command:?}: waited for the runner (nixboot's init, or the \
+             closure's agent after multi-user.target) to say `started` on virtio-serial port \
+             {port}; {why}; console: {console}"
         )),
     )
 }
