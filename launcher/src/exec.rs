@@ -169,9 +169,9 @@ mod tests {
     fn three_named_ports_on_one_controller() {
         let p = ExecPorts::new().unwrap();
         let a = p.qemu_args().join(" ");
-        for name in [STDOUT_PORT, STDERR_PORT, STATUS_PORT] {
-            assert!(a.contains(&format!("bus=nbexec.0,chardev=nbexec")), "{a}");
-            assert!(a.contains(&format!("name={name}")), "{a}");
+        for (i, name) in [STDOUT_PORT, STDERR_PORT, STATUS_PORT].iter().enumerate() {
+            let port = format!("virtserialport,bus=nbexec.0,chardev=nbexec{i},name={name}");
+            assert!(a.contains(&port), "{a}");
         }
         assert_eq!(a.matches("server=on,wait=off").count(), 3, "{a}");
     }

@@ -86,7 +86,7 @@ pub fn encode(bytes: &[u8]) -> String {
 /// Standard base64; padding is required (as [`encode`] writes it).
 pub fn decode(text: &str) -> Result<Vec<u8>, String> {
     let t = text.as_bytes();
-    if t.len() % 4 != 0 {
+    if !t.len().is_multiple_of(4) {
         return Err(format!("length {} is not a multiple of 4", t.len()));
     }
     let mut out = Vec::with_capacity(t.len() / 4 * 3);

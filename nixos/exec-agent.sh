@@ -1,0 +1,59 @@
+# nixboot's command agent for systemd guests (`nixboot-qemu --exec CMD`), run by bash as
+# the nixboot-exec unit after multi-user.target (nixos/modules/backends/imageless.nix).
+# Reads the command from `nixboot.exec=BASE64` on the kernel command line, runs it as root
+# with a login shell (`bash -l -c`), its stdout and stderr on the virtio-serial ports
+# nixboot.exec.stdout/.stderr, writes `started` and `exit=N` on nixboot.exec.status, then
+# powers the guest off. The formats are protocol/src/exec.rs's (the launcher writes them).
+# Needs: bash, coreutils (base64, cat, sleep), systemctl.
+set -u
+
+say() { echo "nixboot-exec-agent: $*" >&2; }
+
+encoded=
+read -r -a words </proc/cmdline
+for w in "${words[@]}"; do
+  case $w in nixboot.exec=*) encoded=${w#nixboot.exec=} ;; esac
+done
+if [ -z "$encoded" ]; then
+  say "no nixboot.exec= on the kernel command line; nothing to run"
+  exit 0
+fi
+if ! command=$(printf '%s' "$encoded" | base64 -d); then
+  say "nixboot.exec= is not base64: $encoded"
+  exit 1
+fi
+
+# The port's device, found by name in sysfs (what udev's /dev/virtio-ports/NAME links
+# point to), waited for up to 30 s: virtio_console may still be loading.
+port() {
+  local d
+  for d in /sys/class/virtio-ports/*; do
+    if [ "$(cat "$d/name" 2>/dev/null)" = "$1" ]; then
+      echo "/dev/${d##*/}"
+      return 0
+    fi
+  done
+  return 1
+}
+for _ in $(seq 300); do
+  out=$(port nixboot.exec.stdout) && err=$(port nixboot.exec.stderr) &&
+    status=$(port nixboot.exec.status) && break
+  sleep 0.1
+done
+if [ -z "${status:-}" ] || [ -z "${err:-}" ] || [ -z "${out:-}" ]; then
+  say "the virtio-serial ports nixboot.exec.* are not there (is virtio_console loaded, and did QEMU get the ports?)"
+  systemctl poweroff --no-block
+  exit 1
+fi
+
+exec 3>"$status"
+echo started >&3
+cd /root 2>/dev/null || cd /
+env -i HOME=/root USER=root LOGNAME=root SHELL="$(command -v bash)" TERM=dumb \
+  PATH=/run/wrappers/bin:/run/current-system/sw/bin:/usr/bin:/bin:/usr/sbin:/sbin \
+  bash -l -c "$command" </dev/null >"$out" 2>"$err"
+rc=$?
+echo "exit=$rc" >&3
+exec 3>&-
+say "the command exited with status $rc; powering off"
+systemctl poweroff --no-block

@@ -1,0 +1,229 @@
+//! Command mode end to end: `nixboot-qemu --exec CMD` run as a user runs it, on a closure
+//! without systemd (the probe's, with Debian's static busybox as a store path giving
+//! `sw/bin/sh`), served by the init's runner. The command's stdout and stderr must come
+//! back apart from each other and from the console, byte for byte, and its status must be
+//! the launcher's; a guest that never starts the command gets exit 125 within the bound.
+
+mod common;
+
+use common::{kit, Kit, BOOT_TIMEOUT, FAILURE_BOUND};
+use qemu_tests::artifacts::{self, fake_store_name};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// One VM at a time from this binary: the boots are short, the machine is shared.
+static ONE_VM: Mutex<()> = Mutex::new(());
+
+fn launcher() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        artifacts::host_binary("nixboot-launcher", "nixboot-qemu").expect("building nixboot-qemu")
+    })
+}
+
+/// The probe's closure with `sw` -> a busybox store path, and an initrd that loads
+/// virtio_console with the virtiofs modules.
+struct ExecClosure {
+    kit: Kit,
+    store: PathBuf,
+    system: PathBuf,
+    initrd: PathBuf,
+}
+
+fn closure(test: &str) -> Option<ExecClosure> {
+    let kit = kit(test)?;
+    let probe = kit.probe_store("store");
+    let busybox = probe.store.join(fake_store_name(test, "busybox"));
+    let bin = busybox.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::copy(kit.busybox(), bin.join("busybox")).unwrap();
+    let list = Command::new(bin.join("busybox"))
+        .arg("--list")
+        .output()
+        .unwrap();
+    for applet in String::from_utf8(list.stdout).unwrap().lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+        }
+    }
+    let guest = format!(
+        "/nix/store/{}",
+        busybox.file_name().unwrap().to_str().unwrap()
+    );
+    std::os::unix::fs::symlink(guest, probe.system.join("sw")).unwrap();
+    let initrd = kit.initrd(
+        Some(&probe.system),
+        &["virtio_pci", "virtiofs", "virtio_console"],
+    );
+    let initrd = kit.write_initrd("initrd", &initrd.bytes);
+    Some(ExecClosure {
+        store: probe.store,
+        system: probe.system,
+        initrd,
+        kit,
+    })
+}
+
+impl ExecClosure {
+    /// `nixboot-qemu --closure ... --exec CMD EXTRA...`; its output and how long it took.
+    fn exec(&self, command: &str, extra: &[&str]) -> (Output, Duration) {
+        let env = &self.kit.env;
+        let mut cmd = Command::new(launcher());
+        cmd.arg("--closure")
+            .arg(&self.system)
+            .arg("--store")
+            .arg(&self.store)
+            .arg("--kernel")
+            .arg(&env.kernel)
+            .arg("--initrd")
+            .arg(&self.initrd)
+            .arg("--modules")
+            .arg(&env.modules)
+            .arg("--qemu")
+            .arg(&env.qemu)
+            .arg("--virtiofsd")
+            .arg(&env.virtiofsd)
+            .arg("--timeout")
+            .arg(BOOT_TIMEOUT.as_secs().to_string())
+            .arg("--console-log")
+            .arg(self.kit.path("console.log"))
+            .args(extra)
+            .arg("--exec")
+            .arg(command);
+        let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+        let t = Instant::now();
+        let out = cmd.output().expect("running nixboot-qemu");
+        let took = t.elapsed();
+        eprintln!(
+            "{}: {:?} -> {} in {took:?}; stderr: {}",
+            self.kit.test,
+            command,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        (out, took)
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(self.kit.path("console.log")).unwrap_or_default()
+    }
+
+    fn context(&self, out: &Output) -> String {
+        let console = self.console();
+        let tail: Vec<&str> = console.lines().rev().take(40).collect();
+        format!(
+            "\n--- stderr ---\n{}\n--- console tail ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )
+    }
+}
+
+#[test]
+fn output_comes_back_apart_from_errors_and_console() {
+    let Some(c) = closure("exec_output") else {
+        return;
+    };
+    let (out, _) = c.exec("uname -r; echo out-2; echo err-1 >&2; id -u", &[]);
+    let ctx = c.context(&out);
+    assert_eq!(out.status.code(), Some(0), "{ctx}");
+    let release = c.kit.env.modules.file_name().unwrap().to_str().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{release}\nout-2\n0\n"),
+        "{ctx}"
+    );
+    // Nothing of the launcher's, QEMU's or the console's: only the command's stderr.
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err-1\n", "{ctx}");
+    let console = c.console();
+    assert!(console.contains("nixboot-status: status=ok"), "{ctx}");
+    assert!(
+        console.contains("exec-command: exited with status 0"),
+        "{ctx}"
+    );
+}
+
+#[test]
+fn the_commands_status_is_the_launchers() {
+    let Some(c) = closure("exec_status") else {
+        return;
+    };
+    let (out, _) = c.exec("echo before; exit 3", &[]);
+    let ctx = c.context(&out);
+    assert_eq!(out.status.code(), Some(3), "{ctx}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "before\n", "{ctx}");
+    // A command killed by a signal: the shell's 128+N.
+    let (out, _) = c.exec("kill -9 $$", &[]);
+    assert_eq!(out.status.code(), Some(128 + 9), "{}", c.context(&out));
+}
+
+#[test]
+fn megabytes_arrive_whole() {
+    let Some(c) = closure("exec_megabytes") else {
+        return;
+    };
+    const SIZE: usize = 8 << 20;
+    let (out, _) = c.exec(
+        &format!("head -c {SIZE} /dev/urandom > blob; cat blob; sha256sum blob >&2"),
+        &[],
+    );
+    let ctx = c.context(&out);
+    assert_eq!(out.status.code(), Some(0), "{ctx}");
+    assert_eq!(out.stdout.len(), SIZE, "{ctx}");
+    let host = c.kit.path("blob");
+    std::fs::write(&host, &out.stdout).unwrap();
+    let sum = Command::new("sha256sum").arg(&host).output().unwrap();
+    let host_sum = String::from_utf8_lossy(&sum.stdout);
+    let guest_sum = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        host_sum.split_whitespace().next(),
+        guest_sum.split_whitespace().next(),
+        "{ctx}"
+    );
+}
+
+#[test]
+fn a_guest_that_never_starts_the_command_gets_125() {
+    let Some(c) = closure("exec_never") else {
+        return;
+    };
+    // The init fails (no such init) and powers off: 125 at once, naming the failed step.
+    let (out, took) = c.exec("echo never", &["--append", "init=/nix/store/none/init"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let ctx = c.context(&out);
+    assert_eq!(out.status.code(), Some(125), "{ctx}");
+    assert!(out.stdout.is_empty(), "{ctx}");
+    assert!(took < FAILURE_BOUND, "took {took:?}{ctx}");
+    assert!(
+        err.contains("the guest never started \"echo never\""),
+        "{ctx}"
+    );
+    assert!(err.contains("boot failed at step check-init"), "{ctx}");
+    let log = c.kit.path("console.log");
+    assert!(
+        err.contains(&format!("console: {}", log.display())),
+        "{ctx}"
+    );
+
+    // The same guest halting instead: only the bounded wait ends it.
+    let bound = 40;
+    let (out, took) = c.exec(
+        "echo never",
+        &[
+            "--append",
+            "init=/nix/store/none/init rd.emergency=halt",
+            "--exec-timeout",
+            &bound.to_string(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    let ctx = c.context(&out);
+    assert_eq!(out.status.code(), Some(125), "{ctx}");
+    assert!(err.contains("gave up after --exec-timeout 40s"), "{ctx}");
+    assert!(
+        took >= Duration::from_secs(bound) && took < Duration::from_secs(bound + 20),
+        "took {took:?}{ctx}"
+    );
+}
