@@ -7,7 +7,8 @@
 # Needs: bash, coreutils (base64, cat, sleep), systemctl.
 set -u
 
-say() { echo "nixboot-exec-agent: $*" >&2; }
+# Its own lines go to the console (the unit's stderr), with the uptime.
+say() { echo "nixboot-exec-agent: [$(cut -d' ' -f1 /proc/uptime 2>/dev/null)] $*" >&2; }
 
 encoded=
 read -r -a words </proc/cmdline
@@ -46,6 +47,7 @@ if [ -z "${status:-}" ] || [ -z "${err:-}" ] || [ -z "${out:-}" ]; then
   exit 1
 fi
 
+say "ports $out $err $status; running the command"
 exec 3>"$status"
 echo started >&3
 cd /root 2>/dev/null || cd /

@@ -62,9 +62,14 @@ struct Cli {
     /// The store shared read-only as tag `store` (seen as /nix/store by the guest).
     #[arg(long, value_name = "DIR", default_value = "/nix/store")]
     store: PathBuf,
-    /// Extra read-write share, TAG=DIR (repeatable).
-    #[arg(long, value_name = "TAG=DIR")]
+    /// Extra share, TAG=DIR read-write or TAG=DIR:ro read-only (repeatable). The guest
+    /// mounts it by its tag (`mount -t virtiofs TAG DIR`, or NixOS's fileSystems).
+    #[arg(long, value_name = "TAG=DIR[:ro]")]
     share: Vec<String>,
+    /// The guest's network: `user` gives it a virtio-net NIC behind QEMU's user-mode NAT
+    /// (outbound connections; DHCP from 10.0.2.2); `none` (default) gives it no NIC.
+    #[arg(long, value_name = "MODE", default_value = "none")]
+    net: NetArg,
     /// Guest memory in MiB.
     #[arg(long, value_name = "MiB", default_value_t = 1024)]
     memory: u32,
@@ -110,6 +115,27 @@ struct Cli {
     /// Arguments for the init (after ` -- ` on the kernel command line).
     #[arg(last = true, value_name = "ARGS")]
     init_args: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum NetArg {
+    None,
+    User,
+}
+
+/// QEMU's arguments for `--net`.
+fn net_args(net: NetArg) -> Vec<String> {
+    match net {
+        NetArg::None => Vec::new(),
+        NetArg::User => [
+            "-netdev",
+            "user,id=net0",
+            "-device",
+            "virtio-net-pci,netdev=net0",
+        ]
+        .map(String::from)
+        .to_vec(),
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -329,6 +355,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Some(AccelArg::Tcg) => Some(Accel::Tcg),
     };
     cfg.timeout = cli.timeout;
+    cfg.extra_qemu_args.extend(net_args(cli.net));
     if let Some(command) = &cli.exec {
         return run_exec(cli, cfg, command);
     }
@@ -634,6 +661,15 @@ mod tests {
         assert_eq!(
             exec_verdict(&started, &outcome("", 9, true), t, c, "x").0,
             124
+        );
+    }
+
+    #[test]
+    fn user_networking_is_one_virtio_nic() {
+        assert!(net_args(NetArg::None).is_empty());
+        assert_eq!(
+            net_args(NetArg::User).join(" "),
+            "-netdev user,id=net0 -device virtio-net-pci,netdev=net0"
         );
     }
 

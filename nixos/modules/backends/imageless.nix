@@ -104,6 +104,7 @@ in
         serviceConfig = {
           Type = "oneshot";
           ExecStart = "${pkgs.bash}/bin/bash ${../../exec-agent.sh}";
+          StandardError = "journal+console";
         };
       };
 
