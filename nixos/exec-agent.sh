@@ -4,11 +4,16 @@
 # with a login shell (`bash -l -c`), its stdout and stderr on the virtio-serial ports
 # nixboot.exec.stdout/.stderr, writes `started` and `exit=N` on nixboot.exec.status, then
 # powers the guest off. The formats are protocol/src/exec.rs's (the launcher writes them).
-# Needs: bash, coreutils (base64, cat, sleep), systemctl.
+# Needs: bash, coreutils (base64, sleep), systemctl.
 set -u
 
 # Its own lines go to the console (the unit's stderr), with the uptime.
-say() { echo "nixboot-exec-agent: [$(cut -d' ' -f1 /proc/uptime 2>/dev/null)] $*" >&2; }
+# Builtins only where it can: every program started is slow in an emulated guest.
+say() {
+  local up _
+  read -r up _ </proc/uptime
+  echo "nixboot-exec-agent: [$up] $*" >&2
+}
 
 encoded=
 read -r -a words </proc/cmdline
@@ -27,16 +32,18 @@ fi
 # The port's device, found by name in sysfs (what udev's /dev/virtio-ports/NAME links
 # point to), waited for up to 30 s: virtio_console may still be loading.
 port() {
-  local d
+  local d name
   for d in /sys/class/virtio-ports/*; do
-    if [ "$(cat "$d/name" 2>/dev/null)" = "$1" ]; then
+    name=
+    read -r name <"$d/name" 2>/dev/null
+    if [ "$name" = "$1" ]; then
       echo "/dev/${d##*/}"
       return 0
     fi
   done
   return 1
 }
-for _ in $(seq 300); do
+for ((i = 0; i < 300; i++)); do
   out=$(port nixboot.exec.stdout) && err=$(port nixboot.exec.stderr) &&
     status=$(port nixboot.exec.status) && break
   sleep 0.1
