@@ -6,6 +6,11 @@
 # powers the guest off. The formats are protocol/src/exec.rs's (the launcher writes them).
 # Needs: bash, coreutils (base64, sleep), systemctl.
 set -u
+# Test hooks (qemu-tests/tests/exec.rs runs this script on the host against plain files).
+cmdline=${NIXBOOT_EXEC_CMDLINE:-/proc/cmdline}
+ports_dir=${NIXBOOT_EXEC_PORTS:-/sys/class/virtio-ports}
+dev_dir=${NIXBOOT_EXEC_DEV:-/dev}
+poweroff() { ${NIXBOOT_EXEC_POWEROFF:-systemctl poweroff --no-block}; }
 
 # Its own lines go to the console (the unit's stderr), with the uptime.
 # Builtins only where it can: every program started is slow in an emulated guest.
@@ -16,7 +21,7 @@ say() {
 }
 
 encoded=
-read -r -a words </proc/cmdline
+read -r -a words <"$cmdline"
 for w in "${words[@]}"; do
   case $w in nixboot.exec=*) encoded=${w#nixboot.exec=} ;; esac
 done
@@ -33,11 +38,11 @@ fi
 # point to), waited for up to 30 s: virtio_console may still be loading.
 port() {
   local d name
-  for d in /sys/class/virtio-ports/*; do
+  for d in "$ports_dir"/*; do
     name=
     read -r name <"$d/name" 2>/dev/null
     if [ "$name" = "$1" ]; then
-      echo "/dev/${d##*/}"
+      echo "$dev_dir/${d##*/}"
       return 0
     fi
   done
@@ -50,7 +55,7 @@ for ((i = 0; i < 300; i++)); do
 done
 if [ -z "${status:-}" ] || [ -z "${err:-}" ] || [ -z "${out:-}" ]; then
   say "the virtio-serial ports nixboot.exec.* are not there (is virtio_console loaded, and did QEMU get the ports?)"
-  systemctl poweroff --no-block
+  poweroff
   exit 1
 fi
 
@@ -65,4 +70,4 @@ rc=$?
 echo "exit=$rc" >&3
 exec 3>&-
 say "the command exited with status $rc; powering off"
-systemctl poweroff --no-block
+poweroff

@@ -227,3 +227,58 @@ fn a_guest_that_never_starts_the_command_gets_125() {
         "took {took:?}{ctx}"
     );
 }
+
+/// The NixOS agent (nixos/exec-agent.sh) on the host, against plain files standing in for
+/// /proc/cmdline, sysfs and the port devices: the same formats as the init's runner.
+#[test]
+fn the_nixos_agent_speaks_the_same_protocol() {
+    use nixboot_protocol::exec::{cmdline_param, StatusMsg, STATUS_PORT, STDERR_PORT, STDOUT_PORT};
+    let t = tempfile::tempdir().unwrap();
+    let dir = |p: &str| {
+        let d = t.path().join(p);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    let (sys, dev) = (dir("sys"), dir("dev"));
+    for (i, name) in [STDOUT_PORT, STDERR_PORT, STATUS_PORT].iter().enumerate() {
+        std::fs::write(
+            dir(&format!("sys/vport1p{i}")).join("name"),
+            format!("{name}\n"),
+        )
+        .unwrap();
+        std::fs::write(dev.join(format!("vport1p{i}")), "").unwrap();
+    }
+    let agent = artifacts::workspace_root().join("nixos/exec-agent.sh");
+    let run = |cmdline: &str| {
+        std::fs::write(t.path().join("cmdline"), cmdline).unwrap();
+        let off = t.path().join("off");
+        let _ = std::fs::remove_file(&off);
+        let out = Command::new("bash")
+            .arg(&agent)
+            .env("NIXBOOT_EXEC_CMDLINE", t.path().join("cmdline"))
+            .env("NIXBOOT_EXEC_PORTS", &sys)
+            .env("NIXBOOT_EXEC_DEV", &dev)
+            .env("NIXBOOT_EXEC_POWEROFF", format!("touch {}", off.display()))
+            .output()
+            .unwrap();
+        (out, off.exists())
+    };
+    let read = |i: usize| std::fs::read_to_string(dev.join(format!("vport1p{i}"))).unwrap();
+
+    let command = "echo \"out 1\"; echo 'err 1' >&2; echo $HOME; exit 3";
+    let (out, off) = run(&format!("console=ttyS0 {} quiet\n", cmdline_param(command)));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(off, "the agent did not power off: {log}");
+    assert_eq!(read(0), "out 1\n/root\n", "{log}");
+    assert_eq!(read(1), "err 1\n", "{log}");
+    assert_eq!(
+        read(2),
+        StatusMsg::Started.line() + &StatusMsg::Exit(3).line(),
+        "{log}"
+    );
+
+    // No command on the command line: nothing run, no power-off.
+    let (out, off) = run("console=ttyS0 quiet\n");
+    assert!(out.status.success() && !off);
+}
