@@ -20,10 +20,14 @@ say() {
   echo "nixboot-exec-agent: [$up] $*" >&2
 }
 
-encoded=
+encoded= cwd=
 read -r -a words <"$cmdline"
 for w in "${words[@]}"; do
-  case $w in nixboot.exec=*) encoded=${w#nixboot.exec=} ;; esac
+  case $w in
+    nixboot.exec=*) encoded=${w#nixboot.exec=} ;;
+    # --share-cwd: nixboot's init mounted the host's directory there.
+    nixboot.cwd=*) cwd=$(printf '%s' "${w#nixboot.cwd=}" | base64 -d) || cwd= ;;
+  esac
 done
 if [ -z "$encoded" ]; then
   say "no nixboot.exec= on the kernel command line; nothing to run"
@@ -62,7 +66,7 @@ fi
 say "ports $out $err $status; running the command"
 exec 3>"$status"
 echo started >&3
-cd /root 2>/dev/null || cd /
+if [ -n "$cwd" ] && cd "$cwd"; then :; else cd /root 2>/dev/null || cd /; fi
 env -i HOME=/root USER=root LOGNAME=root SHELL="$(command -v bash)" TERM=dumb \
   PATH=/run/wrappers/bin:/run/current-system/sw/bin:/usr/bin:/bin:/usr/sbin:/sbin \
   bash -l -c "$command" </dev/null >"$out" 2>"$err"

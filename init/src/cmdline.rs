@@ -62,6 +62,9 @@ pub struct Options {
     /// `nixboot.exec=BASE64` (`nixboot-qemu --exec`): the command to run once booted
     /// (`nixboot_protocol::exec`), decoded.
     pub exec: Option<String>,
+    /// `nixboot.cwd=BASE64` (`nixboot-qemu --share-cwd`): where the share tagged `cwd` is
+    /// mounted read-write, decoded (an absolute path).
+    pub cwd: Option<String>,
     /// Malformed values of our keys, in command-line order (each value was ignored).
     pub warnings: Vec<String>,
 }
@@ -183,6 +186,7 @@ impl Default for Options {
             quiet: false,
             init_args: Vec::new(),
             exec: None,
+            cwd: None,
             warnings: Vec::new(),
         }
     }
@@ -387,6 +391,11 @@ fn apply_nixboot(o: &mut Options, key: &str, value: Option<&str>) -> Result<(), 
             Ok(_) => return Err("an empty command, ignored".into()),
             Err(e) => return Err(format!("not a command in base64 ({e}), ignored")),
         },
+        "nixboot.cwd" => match nixboot_protocol::exec::decode_command(shown) {
+            Ok(p) if p.starts_with('/') && p.len() > 1 && !p.contains('\0') => o.cwd = Some(p),
+            Ok(p) => return Err(format!("{p:?} is not an absolute path below /, ignored")),
+            Err(e) => return Err(format!("not a path in base64 ({e}), ignored")),
+        },
         // Our namespace: a typo here would otherwise go unnoticed.
         _ => {
             return Err(format!(
@@ -406,6 +415,7 @@ const NIXBOOT_KEYS: &[&str] = &[
     "nixboot.tmpfs_size",
     "nixboot.debug",
     "nixboot.exec",
+    "nixboot.cwd",
 ];
 
 /// dracut's booleans: a bare key is `1`.
@@ -574,6 +584,11 @@ mod tests {
             bad.warnings
         );
         assert!(!parse("nixboot.exec=").warnings.is_empty());
+        let cwd = nixboot_protocol::exec::cwd_param("/home/me/src tree");
+        assert_eq!(parse(&cwd).cwd.as_deref(), Some("/home/me/src tree"));
+        let relative = nixboot_protocol::exec::cwd_param("src");
+        assert_eq!(parse(&relative).cwd, None);
+        assert_eq!(parse(&nixboot_protocol::exec::cwd_param("/")).cwd, None);
     }
 
     #[test]

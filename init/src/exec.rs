@@ -155,10 +155,10 @@ fn run_and_reap(run: &RunCommand, shell: &str, out: File, err: File) -> u8 {
     cmd.args(["-l", "-c", &run.command])
         .env_clear()
         .envs(run.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(if std::path::Path::new(home).is_dir() {
-            home
-        } else {
-            "/"
+        .current_dir(match &run.cwd {
+            Some(cwd) => cwd.as_str(),
+            None if std::path::Path::new(home).is_dir() => home,
+            None => "/",
         })
         .stdin(Stdio::null())
         .stdout(out)

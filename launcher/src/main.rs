@@ -66,6 +66,10 @@ struct Cli {
     /// mounts it by its tag (`mount -t virtiofs TAG DIR`, or NixOS's fileSystems).
     #[arg(long, value_name = "TAG=DIR[:ro]")]
     share: Vec<String>,
+    /// Share the current directory read-write (tag `cwd`), mounted by nixboot's init at the
+    /// same path in the guest; with --exec the command runs there.
+    #[arg(long)]
+    share_cwd: bool,
     /// The guest's network: `user` gives it a virtio-net NIC behind QEMU's user-mode NAT
     /// (outbound connections; DHCP from 10.0.2.2); `none` (default) gives it no NIC.
     #[arg(long, value_name = "MODE", default_value = "none")]
@@ -324,13 +328,29 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         check_path("modules", m, true, SETUP_HINT)?;
     }
 
+    let cwd = match cli.share_cwd {
+        true => Some(std::env::current_dir().context("--share-cwd: the current directory")?),
+        false => None,
+    };
+    let cwd = cwd
+        .map(|d| {
+            d.to_str()
+                .map(str::to_string)
+                .ok_or_else(|| usage(format!("--share-cwd: {} is not UTF-8", d.display())))
+        })
+        .transpose()?;
+    if cwd.as_deref() == Some("/") {
+        return Err(usage(
+            "--share-cwd: the current directory is /, which cannot be shared over the guest's root",
+        ));
+    }
     let cmdline = KernelCmdline {
         init,
         kernel_params: spec
             .as_ref()
             .map(|s| s.kernel_params.clone())
             .unwrap_or_default(),
-        append: exec_append(cli.append.as_deref(), cli.exec.as_deref()),
+        append: exec_append(cli.append.as_deref(), cli.exec.as_deref(), cwd.as_deref()),
         init_args: cli.init_args.clone(),
     }
     .render();
@@ -338,6 +358,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let mut shares = vec![Share::new("store", &cli.store)?.readonly()];
     if let Some(m) = &cli.modules {
         shares.push(Share::new("modules", bootspec::modules_share_dir(m)?)?.readonly());
+    }
+    if let Some(d) = &cwd {
+        shares.push(Share::new(nixboot_protocol::exec::CWD_TAG, d)?);
     }
     for s in &cli.share {
         shares.push(s.parse().map_err(|e| usage(format!("--share {s}: {e}")))?);
@@ -379,10 +402,15 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
-/// `--append` and, in command mode, the command's parameter.
-fn exec_append(append: Option<&str>, exec: Option<&str>) -> Option<String> {
+/// `--append`, then the shared working directory's and the command's parameters.
+fn exec_append(append: Option<&str>, exec: Option<&str>, cwd: Option<&str>) -> Option<String> {
+    let cwd = cwd.map(nixboot_protocol::exec::cwd_param);
     let param = exec.map(nixboot_protocol::exec::cmdline_param);
-    let parts: Vec<&str> = append.into_iter().chain(param.as_deref()).collect();
+    let parts: Vec<&str> = append
+        .into_iter()
+        .chain(cwd.as_deref())
+        .chain(param.as_deref())
+        .collect();
     (!parts.is_empty()).then(|| parts.join(" "))
 }
 
@@ -675,11 +703,14 @@ mod tests {
 
     #[test]
     fn the_command_goes_after_append() {
-        assert_eq!(exec_append(None, None), None);
-        assert_eq!(exec_append(Some("quiet"), None).as_deref(), Some("quiet"));
+        assert_eq!(exec_append(None, None, None), None);
         assert_eq!(
-            exec_append(Some("quiet"), Some("true")).as_deref(),
-            Some("quiet nixboot.exec=dHJ1ZQ==")
+            exec_append(Some("quiet"), None, None).as_deref(),
+            Some("quiet")
+        );
+        assert_eq!(
+            exec_append(Some("quiet"), Some("true"), Some("/a")).as_deref(),
+            Some("quiet nixboot.cwd=L2E= nixboot.exec=dHJ1ZQ==")
         );
     }
 }

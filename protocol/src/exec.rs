@@ -17,6 +17,11 @@
 
 /// The kernel command-line key carrying the command.
 pub const CMDLINE_KEY: &str = "nixboot.exec";
+/// `nixboot-qemu --share-cwd`: `nixboot.cwd=BASE64(PATH)` asks the init to mount the
+/// virtiofs tag [`CWD_TAG`] read-write at PATH (the host's working directory, at the same
+/// path), where command mode also runs the command.
+pub const CWD_KEY: &str = "nixboot.cwd";
+pub const CWD_TAG: &str = "cwd";
 /// The virtio-serial port names (QEMU `virtserialport,name=`).
 pub const STDOUT_PORT: &str = "nixboot.exec.stdout";
 pub const STDERR_PORT: &str = "nixboot.exec.stderr";
@@ -27,7 +32,12 @@ pub fn cmdline_param(command: &str) -> String {
     format!("{CMDLINE_KEY}={}", encode(command.as_bytes()))
 }
 
-/// The command from the value of `nixboot.exec=`.
+/// `nixboot.cwd=BASE64`: the parameter the launcher appends for `--share-cwd`.
+pub fn cwd_param(path: &str) -> String {
+    format!("{CWD_KEY}={}", encode(path.as_bytes()))
+}
+
+/// The command (or the path) from the value of `nixboot.exec=` (`nixboot.cwd=`).
 pub fn decode_command(value: &str) -> Result<String, String> {
     let bytes = decode(value)?;
     String::from_utf8(bytes).map_err(|_| "the decoded command is not UTF-8".to_string())

@@ -69,8 +69,14 @@ fn closure(test: &str) -> Option<ExecClosure> {
 impl ExecClosure {
     /// `nixboot-qemu --closure ... --exec CMD EXTRA...`; its output and how long it took.
     fn exec(&self, command: &str, extra: &[&str]) -> (Output, Duration) {
+        self.exec_in(Path::new("."), command, extra)
+    }
+
+    /// [`Self::exec`] with the launcher started in `dir`.
+    fn exec_in(&self, dir: &Path, command: &str, extra: &[&str]) -> (Output, Duration) {
         let env = &self.kit.env;
         let mut cmd = Command::new(launcher());
+        cmd.current_dir(dir);
         cmd.arg("--closure")
             .arg(&self.system)
             .arg("--store")
@@ -225,6 +231,31 @@ fn a_guest_that_never_starts_the_command_gets_125() {
     assert!(
         took >= Duration::from_secs(bound) && took < Duration::from_secs(bound + 20),
         "took {took:?}{ctx}"
+    );
+}
+
+#[test]
+fn share_cwd_puts_the_hosts_directory_at_its_own_path() {
+    let Some(c) = closure("exec_cwd") else { return };
+    let dir = c.kit.path("work dir");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("input"), "from the host\n").unwrap();
+    let (out, _) = c.exec_in(
+        &dir,
+        "pwd; cat input; echo from the guest > output",
+        &["--share-cwd"],
+    );
+    let ctx = c.context(&out);
+    assert_eq!(out.status.code(), Some(0), "{ctx}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\nfrom the host\n", dir.display()),
+        "{ctx}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("output")).unwrap_or_default(),
+        "from the guest\n",
+        "{ctx}"
     );
 }
 

@@ -106,6 +106,8 @@ pub struct RunCommand {
     pub env: Vec<(String, String)>,
     /// Bound of the wait for the virtio-serial ports.
     pub ports_timeout: std::time::Duration,
+    /// Where the command runs: the shared working directory (`nixboot.cwd=`), else HOME.
+    pub cwd: Option<String>,
 }
 
 /// The command's runner, in command mode: `init`'s directory is the closure; its `sw/bin`
@@ -141,6 +143,7 @@ pub fn run_command(init: &str, opts: &Options) -> Option<RunCommand> {
             .collect(),
         shells,
         ports_timeout: opts.timeout,
+        cwd: opts.cwd.clone(),
     })
 }
 
