@@ -335,6 +335,7 @@ impl Boot<'_> {
             Step::RemountReadOnly { .. }
             | Step::CheckInit { .. }
             | Step::MoveSpecialMounts { .. }
+            | Step::DeviceLinks { .. }
             | Step::PrepareRoot { .. }
             | Step::SwitchRoot { .. }
             | Step::WriteTimings { .. } => self.execute_switch(step),
@@ -359,9 +360,10 @@ impl Boot<'_> {
                 switch_root::move_special_mounts(name, new_root, mounts)?;
                 Ok(format!("{} moved to {new_root}", mounts.join(" ")))
             }),
-            Step::PrepareRoot { new_root, init } => {
-                self.simple(name, || nixos::prepare(name, new_root, init))
+            Step::DeviceLinks { dir, links } => {
+                self.simple(name, || Ok(switch_root::link_devices(name, dir, links)))
             }
+            Step::PrepareRoot { new_root, init } => self.prepare_root(new_root, init),
             Step::SwitchRoot { new_root } => self.simple(name, || {
                 switch_root::switch_root(name, new_root)?;
                 Ok(format!("{new_root} is now /"))
@@ -372,6 +374,17 @@ impl Boot<'_> {
             // `execute` matches every step and hands only the ones above to here.
             _ => misrouted(step),
         }
+    }
+
+    /// The closure's flavour, then what it needs done: two phases, the flavour handed from
+    /// one to the other as a value; the second is named for what it does.
+    fn prepare_root(&mut self, new_root: &str, init: &str) {
+        let detect = nixos::flavour::STEP_FLAVOUR;
+        let flavour = self.phase(detect, Timed::AsNamed, |_| {
+            nixos::flavour::detect(detect, new_root, init)
+        });
+        let prepare = nixos::prepare_phase(&flavour);
+        self.simple(prepare, || nixos::prepare(prepare, new_root, &flavour))
     }
 
     /// A block device: the wait and the mount, two phases timed apart; the device found is

@@ -3,10 +3,10 @@
 //!
 //! The files are the boot's phases, in order: [`cmdline`], [`plan`] (what the boot will
 //! do, one planner per phase), [`modules`], the root and its shares ([`virtiofs`],
-//! [`block`], [`store`]), [`nixos`] (check-init, the closure flavours, prepare-root), then
-//! [`switch_root`], and in command mode [`exec`]. [`boot`] runs the plan; [`mounts`] and [`wait`] (the one bounded-wait
-//! mechanism) serve the phases; [`report`] writes the console and timings; [`failure`] is
-//! the failure policy.
+//! [`block`], [`store`]), [`nixos`] (check-init, the closure flavours, prepare-root,
+//! nixos-init's preparation), then [`switch_root`], and in command mode [`exec`]. [`boot`] runs the plan; [`mounts`],
+//! [`loop_device`] and [`wait`] (the one bounded-wait mechanism) serve the phases;
+//! [`report`] writes the console and timings; [`failure`] is the failure policy.
 //!
 //! Deciding is apart from doing. Pure, unit-tested and fuzzed: [`cmdline`], [`plan`],
 //! [`block::probe`] (superblocks, partition tables), [`elf`] (a binary's loader), the
@@ -19,6 +19,7 @@ pub mod elf;
 pub mod exec;
 pub mod failure;
 pub mod log;
+pub mod loop_device;
 pub mod modules;
 pub mod mounts;
 pub mod nixos;

@@ -30,6 +30,16 @@ pub fn command(source: &str, target: &str, fstype: &str, flags: MountFlags, data
     )
 }
 
+/// The per-mount options of the last mount at `mountpoint` in /proc/self/mountinfo.
+pub fn mount_options<'a>(mountinfo: &'a str, mountpoint: &str) -> Option<&'a str> {
+    mountinfo.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.get(4) == Some(&mountpoint))
+            .then(|| f.get(5).copied())
+            .flatten()
+    })
+}
+
 /// One mount(2) call; the target must exist.
 pub fn mount(
     source: &str,

@@ -41,6 +41,24 @@ pub fn move_special_mounts(
     Ok(())
 }
 
+/// Makes each `dir/NAME -> TARGET` link (stage 1's /dev links) unless the name exists;
+/// one that cannot be made is a warning. Returns the line for the log.
+pub fn link_devices(step: &'static str, dir: &str, links: &[(String, String)]) -> String {
+    let mut made = Vec::new();
+    for (name, target) in links {
+        let link = format!("{dir}/{name}");
+        match rustix::fs::symlink(target.as_str(), link.as_str()) {
+            Ok(()) => made.push(format!("{name} -> {target}")),
+            Err(Errno::EXIST) => made.push(format!("{name} (there already)")),
+            Err(e) => log::notice(
+                step,
+                &format!("WARNING: cannot link {link} -> {target}: {}", errno(e)),
+            ),
+        }
+    }
+    format!("{} in {dir}", made.join(", "))
+}
+
 /// What freeing the initramfs did.
 #[derive(Debug, Default)]
 struct Freed {

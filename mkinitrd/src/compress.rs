@@ -19,7 +19,7 @@
 //! that a buffer of several segments can be walked as the kernel walks it.
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::str::FromStr;
 
 /// zstd level used for the initramfs. Measured on the imageless set (the Debian 6.1 cloud
@@ -148,29 +148,144 @@ pub struct CompressError {
     pub source: io::Error,
 }
 
-/// Compresses one whole archive into one stream.
+/// Compresses one whole archive into one stream (the in-memory form of [`Encoder`]).
 pub fn compress(compression: Compression, data: &[u8]) -> Result<Vec<u8>, CompressError> {
-    let result = match compression {
-        Compression::None => Ok(data.to_vec()),
-        Compression::Zstd => zstd_compress(data, ZSTD_LEVEL),
-        Compression::Gzip => gzip_compress(data, GZIP_LEVEL),
-        Compression::Xz => xz_compress(data),
-        Compression::Lz4 => Ok(lz4_legacy_compress(data)),
-    };
-    result.map_err(|source| CompressError {
+    let fail = |source| CompressError {
         compression,
         source,
-    })
+    };
+    let out = Vec::with_capacity(data.len() / 2 + 64);
+    let mut enc = Encoder::new(compression, out, data.len() as u64).map_err(fail)?;
+    enc.write_all(data).map_err(fail)?;
+    enc.finish().map_err(fail)
 }
 
-/// zstd at a given level with the settings the initramfs needs. Exposed for measuring.
+/// Archives up to this size are zstd-compressed in one shot from memory, larger ones as a
+/// stream. zstd 1.5.7's pre-block splitter chooses block boundaries from all the input it
+/// sees at once, so streaming (128 KiB at a time) gives other bytes than one-shot
+/// compression of the same data. One-shot up to 32 MiB keeps every image of that size
+/// byte-identical to what mkinitrd wrote before it streamed (tests/pinned.rs) at a bounded
+/// cost (the archive and its compressed copy: at most 64 MiB); beyond it memory stays flat.
+/// Both are deterministic: the choice depends on the archive's size alone.
+pub const ZSTD_ONE_SHOT_MAX: u64 = 32 << 20;
+
+/// Compresses one stream while it is written: what goes in is compressed into `W` as it
+/// comes, so an archive never has to be in memory (see [`ZSTD_ONE_SHOT_MAX`] for the one
+/// exception). The bytes are the same however the input is cut into writes (pinned by
+/// tests/pinned.rs and tested below): each codec buffers its own blocks. `total_len` must
+/// be the exact number of bytes that will be written: zstd records it in the frame header
+/// (as one-shot compression does), and a different amount is an error at
+/// [`Encoder::finish`].
+pub struct Encoder<W: Write> {
+    inner: Inner<W>,
+}
+
+enum Inner<W: Write> {
+    None(W),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+    ZstdOneShot { out: W, data: Vec<u8>, len: u64 },
+    Gzip(flate2::write::GzEncoder<W>),
+    Xz(liblzma::write::XzEncoder<W>),
+    Lz4(Lz4LegacyWriter<W>),
+}
+
+impl<W: Write> Encoder<W> {
+    pub fn new(compression: Compression, out: W, total_len: u64) -> io::Result<Self> {
+        let inner = match compression {
+            Compression::None => Inner::None(out),
+            Compression::Zstd if total_len <= ZSTD_ONE_SHOT_MAX => Inner::ZstdOneShot {
+                out,
+                data: Vec::with_capacity(total_len as usize),
+                len: total_len,
+            },
+            Compression::Zstd => Inner::Zstd(zstd_encoder(out, ZSTD_LEVEL, total_len)?),
+            Compression::Gzip => Inner::Gzip(
+                flate2::GzBuilder::new()
+                    .mtime(0)
+                    .operating_system(255)
+                    .write(out, flate2::Compression::new(GZIP_LEVEL)),
+            ),
+            Compression::Xz => Inner::Xz(liblzma::write::XzEncoder::new_stream(out, xz_stream()?)),
+            Compression::Lz4 => Inner::Lz4(Lz4LegacyWriter::new(out)?),
+        };
+        Ok(Encoder { inner })
+    }
+
+    /// Ends the stream and returns the writer.
+    pub fn finish(self) -> io::Result<W> {
+        match self.inner {
+            Inner::None(w) => Ok(w),
+            Inner::Zstd(e) => e.finish(),
+            Inner::ZstdOneShot { mut out, data, len } => {
+                if data.len() as u64 != len {
+                    return Err(io::Error::other(format!(
+                        "{} bytes written where {len} were announced",
+                        data.len()
+                    )));
+                }
+                out.write_all(&zstd_compress(&data, ZSTD_LEVEL)?)?;
+                Ok(out)
+            }
+            Inner::Gzip(e) => e.finish(),
+            Inner::Xz(e) => e.finish(),
+            Inner::Lz4(e) => e.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.inner {
+            Inner::None(w) => w.write(buf),
+            Inner::Zstd(e) => e.write(buf),
+            Inner::ZstdOneShot { data, .. } => {
+                data.extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            Inner::Gzip(e) => e.write(buf),
+            Inner::Xz(e) => e.write(buf),
+            Inner::Lz4(e) => e.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // Flushing a compressor would end a block early and change the bytes: only the
+        // plain writer is flushed; the others are complete after `finish`.
+        match &mut self.inner {
+            Inner::None(w) => w.flush(),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// zstd at `level` with the settings the initramfs needs, for a stream of exactly `len`
+/// bytes.
+fn zstd_encoder<W: Write>(
+    out: W,
+    level: i32,
+    len: u64,
+) -> io::Result<zstd::stream::write::Encoder<'static, W>> {
+    use zstd::zstd_safe::CParameter;
+    let mut e = zstd::stream::write::Encoder::new(out, level)?;
+    // The kernel checks the checksum when present: a corrupted initrd fails loudly.
+    e.include_checksum(true)?;
+    // Multithreading (only with the zstdmt feature, which we do not enable) would make the
+    // output depend on the machine; keep it explicit.
+    e.set_parameter(CParameter::NbWorkers(0))?;
+    // The content size in the frame header, and the parameters zstd derives from the size,
+    // as one-shot compression of the same bytes gives.
+    e.include_contentsize(true)?;
+    e.set_pledged_src_size(Some(len))?;
+    Ok(e)
+}
+
+/// zstd at a given level with the settings the initramfs needs, in one shot. Exposed for
+/// measuring.
 pub fn zstd_compress(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
     use zstd::zstd_safe::CParameter;
     let mut c = zstd::bulk::Compressor::new(level)?;
     // The kernel checks the checksum when present: a corrupted initrd fails loudly.
     c.set_parameter(CParameter::ChecksumFlag(true))?;
-    // Multithreading (only with the zstdmt feature, which we do not enable) would make the
-    // output depend on the machine; keep it explicit.
     c.set_parameter(CParameter::NbWorkers(0))?;
     // bulk compression records the content size in the frame header.
     c.compress(data)
@@ -178,7 +293,6 @@ pub fn zstd_compress(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
 
 /// One gzip member: no file name, mtime 0, OS "unknown" (255), so nothing of the host leaks.
 pub fn gzip_compress(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
-    use std::io::Write;
     let mut enc = flate2::GzBuilder::new()
         .mtime(0)
         .operating_system(255)
@@ -190,30 +304,21 @@ pub fn gzip_compress(data: &[u8], level: u32) -> io::Result<Vec<u8>> {
     enc.finish()
 }
 
-/// One xz stream: LZMA2 (preset [`XZ_PRESET`], dictionary [`XZ_DICT`]), CRC32 check.
-pub fn xz_compress(data: &[u8]) -> io::Result<Vec<u8>> {
-    use liblzma::stream::{Action, Check, Filters, LzmaOptions, Status, Stream};
+/// The xz encoder: LZMA2 (preset [`XZ_PRESET`], dictionary [`XZ_DICT`]), CRC32 check.
+fn xz_stream() -> io::Result<liblzma::stream::Stream> {
+    use liblzma::stream::{Check, Filters, LzmaOptions, Stream};
     let mut opts = LzmaOptions::new_preset(XZ_PRESET).map_err(io::Error::other)?;
     opts.dict_size(XZ_DICT);
     let mut filters = Filters::new();
     filters.lzma2(&opts);
-    let mut stream =
-        Stream::new_stream_encoder(&filters, Check::Crc32).map_err(io::Error::other)?;
-    let mut out = Vec::with_capacity(data.len() / 3 + 4096);
-    loop {
-        let used = stream.total_in() as usize;
-        if out.len() == out.capacity() {
-            out.reserve(out.capacity().max(4096));
-        }
-        match stream
-            .process_vec(&data[used..], &mut out, Action::Finish)
-            .map_err(io::Error::other)?
-        {
-            Status::StreamEnd => return Ok(out),
-            Status::Ok | Status::GetCheck => {}
-            Status::MemNeeded => return Err(io::Error::other("liblzma needs more memory")),
-        }
-    }
+    Stream::new_stream_encoder(&filters, Check::Crc32).map_err(io::Error::other)
+}
+
+/// One xz stream: LZMA2 (preset [`XZ_PRESET`], dictionary [`XZ_DICT`]), CRC32 check.
+pub fn xz_compress(data: &[u8]) -> io::Result<Vec<u8>> {
+    let mut e = liblzma::write::XzEncoder::new_stream(Vec::new(), xz_stream()?);
+    e.write_all(data)?;
+    e.finish()
 }
 
 /// The lz4 legacy frame: the magic, then one `[u32 LE compressed size][block]` per 8 MiB of
@@ -222,12 +327,63 @@ pub fn lz4_legacy_compress(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() / 2 + 16);
     out.extend_from_slice(&LZ4_LEGACY_MAGIC.to_le_bytes());
     for chunk in data.chunks(LZ4_LEGACY_BLOCK) {
-        let block = lz4_flex::block::compress(chunk);
-        // A block of at most 8 MiB compresses to less than 4 GiB.
-        out.extend_from_slice(&(block.len() as u32).to_le_bytes());
-        out.extend_from_slice(&block);
+        lz4_legacy_block(&mut out, chunk);
     }
     out
+}
+
+fn lz4_legacy_block(out: &mut Vec<u8>, chunk: &[u8]) {
+    let block = lz4_flex::block::compress(chunk);
+    // A block of at most 8 MiB compresses to less than 4 GiB.
+    out.extend_from_slice(&(block.len() as u32).to_le_bytes());
+    out.extend_from_slice(&block);
+}
+
+/// [`lz4_legacy_compress`] as a writer: buffers one 8 MiB block at a time.
+struct Lz4LegacyWriter<W: Write> {
+    out: W,
+    block: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+impl<W: Write> Lz4LegacyWriter<W> {
+    fn new(mut out: W) -> io::Result<Self> {
+        out.write_all(&LZ4_LEGACY_MAGIC.to_le_bytes())?;
+        Ok(Lz4LegacyWriter {
+            out,
+            block: Vec::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    fn emit(&mut self) -> io::Result<()> {
+        self.scratch.clear();
+        lz4_legacy_block(&mut self.scratch, &self.block);
+        self.block.clear();
+        self.out.write_all(&self.scratch)
+    }
+
+    fn finish(mut self) -> io::Result<W> {
+        if !self.block.is_empty() {
+            self.emit()?;
+        }
+        Ok(self.out)
+    }
+}
+
+impl<W: Write> Write for Lz4LegacyWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(LZ4_LEGACY_BLOCK - self.block.len());
+        self.block.extend_from_slice(&buf[..n]);
+        if self.block.len() == LZ4_LEGACY_BLOCK {
+            self.emit()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// One compressed stream read back.
@@ -521,6 +677,59 @@ mod tests {
             assert_eq!(d.consumed, a.len(), "{c}");
             assert!(a.len() < data.len() / 4, "{c}: {} bytes", a.len());
             assert_eq!(d.problem, None);
+        }
+    }
+
+    #[test]
+    fn streaming_gives_the_same_bytes_however_the_input_is_cut() {
+        // Larger than one lz4 block and many zstd blocks.
+        let data = sample(LZ4_LEGACY_BLOCK + 300_001);
+        for c in Compression::ALL {
+            let whole = compress(*c, &data).unwrap();
+            for chunk in [1, 4096, 65_537, 1 << 20] {
+                // Chunks of 1 byte only over a prefix: the rest in big writes.
+                let mut e = Encoder::new(*c, Vec::new(), data.len() as u64).unwrap();
+                let (head, tail) = data.split_at(if chunk == 1 { 5000 } else { 0 });
+                for piece in head.chunks(1).chain(tail.chunks(chunk.max(4096))) {
+                    e.write_all(piece).unwrap();
+                }
+                assert!(e.finish().unwrap() == whole, "{c}, writes of {chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn large_zstd_archives_stream_deterministically() {
+        // Above the one-shot bound: a stream, the same bytes however it is written, a
+        // checksummed frame with the content size, read back whole.
+        let len = ZSTD_ONE_SHOT_MAX as usize + 4099;
+        let data = sample(len);
+        let write = |chunk: usize| {
+            let mut e = Encoder::new(Compression::Zstd, Vec::new(), len as u64).unwrap();
+            assert!(matches!(e.inner, Inner::Zstd(_)));
+            for piece in data.chunks(chunk) {
+                e.write_all(piece).unwrap();
+            }
+            e.finish().unwrap()
+        };
+        let a = write(1 << 20);
+        assert!(a == write(65_537));
+        assert_ne!(a[4] & 0b100, 0, "no content checksum");
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&a).ok(),
+            Some(Some(len as u64))
+        );
+        let d = decompress_stream(Compression::Zstd, &a, usize::MAX).unwrap();
+        assert!(d.data == data);
+        assert_eq!(d.consumed, a.len());
+    }
+
+    #[test]
+    fn zstd_stream_shorter_than_announced_is_an_error() {
+        for announced in [100, ZSTD_ONE_SHOT_MAX + 1] {
+            let mut e = Encoder::new(Compression::Zstd, Vec::new(), announced).unwrap();
+            e.write_all(&[1; 50]).unwrap();
+            assert!(e.finish().is_err(), "{announced}");
         }
     }
 

@@ -7,7 +7,10 @@
 //! one of those fields under our control. The format is a 110-byte ASCII header; owning it
 //! costs less than working around a library's defaults.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
 
 use crate::compress::{self, Compression};
 
@@ -60,20 +63,89 @@ pub enum CpioError {
     },
     #[error("archive segment at offset {offset} does not end with {TRAILER}")]
     Unterminated { offset: usize },
+    #[error("cannot read {path}: {source}")]
+    HostRead { path: PathBuf, source: io::Error },
+    #[error("{path} changed while it was packed (it had {expected} bytes when listed)")]
+    HostChanged { path: PathBuf, expected: u64 },
+    /// Writing the archive out failed (the caller knows where it was going).
+    #[error("{0}")]
+    Output(io::Error),
+}
+
+/// A regular file of the host, read only when the archive is written: an archive of a
+/// large closure is never in memory.
+#[derive(Debug, Clone, Eq)]
+pub struct HostFile {
+    pub path: PathBuf,
+    /// The size when it was listed; the archive records it, so a file that changes size
+    /// before it is written is an error.
+    pub size: u64,
+    /// The file's identity: files with the same (dev, ino) and `nlink >= 2` are hard links
+    /// (as `nix-store --optimise` leaves identical files) and are packed once.
+    pub dev: u64,
+    pub ino: u64,
+    pub nlink: u64,
+}
+
+impl HostFile {
+    /// The file at `path`, described by its (not followed) metadata.
+    pub fn new(path: PathBuf, meta: &fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        HostFile {
+            path,
+            size: meta.len(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            nlink: meta.nlink(),
+        }
+    }
+}
+
+impl PartialEq for HostFile {
+    /// The same file: the same inode, whatever path it was reached by.
+    fn eq(&self, other: &Self) -> bool {
+        (self.dev, self.ino, self.size) == (other.dev, other.ino, other.size)
+    }
 }
 
 /// What a path in the archive is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
-    Dir { perm: u32 },
-    File { perm: u32, data: Vec<u8> },
-    CharDev { perm: u32, major: u32, minor: u32 },
-    Symlink { target: String },
+    Dir {
+        perm: u32,
+    },
+    File {
+        perm: u32,
+        data: Vec<u8>,
+    },
+    /// A regular file whose contents are read from the host when the archive is written.
+    HostFile {
+        perm: u32,
+        file: HostFile,
+    },
+    CharDev {
+        perm: u32,
+        major: u32,
+        minor: u32,
+    },
+    Symlink {
+        target: String,
+    },
 }
 
 impl Node {
     fn is_dir(&self) -> bool {
         matches!(self, Node::Dir { .. })
+    }
+
+    /// Bytes of data the entry carries (file contents, symlink target).
+    pub fn data_len(&self) -> u64 {
+        match self {
+            Node::File { data, .. } => data.len() as u64,
+            Node::HostFile { file, .. } => file.size,
+            Node::Symlink { target } => target.len() as u64,
+            Node::Dir { .. } | Node::CharDev { .. } => 0,
+        }
     }
 }
 
@@ -128,13 +200,12 @@ impl ArchiveBuilder {
     /// Adds any node; see the typed helpers.
     pub fn add(&mut self, path: &str, node: Node) -> Result<(), CpioError> {
         let name = normalize(path)?;
-        let size = match &node {
-            Node::File { data, .. } => data.len(),
-            Node::Symlink { target } => target.len(),
-            _ => 0,
-        };
+        let size = node.data_len();
         if u32::try_from(size).is_err() {
-            return Err(CpioError::TooLarge { path: name, size });
+            return Err(CpioError::TooLarge {
+                path: name,
+                size: size as usize,
+            });
         }
         // Parents first, so that a file where a directory is needed is caught here.
         let mut end = 0;
@@ -177,16 +248,9 @@ impl ArchiveBuilder {
         self.nodes.iter().map(|(k, v)| (k.as_str(), v))
     }
 
-    /// Bytes of file data and symlink targets held.
+    /// Bytes of file data and symlink targets held (hard links counted once each).
     pub fn data_len(&self) -> usize {
-        self.nodes
-            .values()
-            .map(|n| match n {
-                Node::File { data, .. } => data.len(),
-                Node::Symlink { target } => target.len(),
-                _ => 0,
-            })
-            .sum()
+        self.nodes.values().map(|n| n.data_len() as usize).sum()
     }
 
     /// Number of entries (without the trailer).
@@ -198,45 +262,131 @@ impl ArchiveBuilder {
         self.nodes.is_empty()
     }
 
-    /// Writes the archive: entries in byte order of their names, inode numbers 1, 2, ...
-    /// in that order, uid/gid 0, nlink 1 (2 for directories), every mtime `mtime`,
-    /// device numbers 0, then the trailer. The result is a multiple of 4 bytes long.
+    /// The archive in memory; see [`ArchiveBuilder::write_to`]. Host files are read here: an
+    /// archive holding them is written with `write_to`, which reports read errors.
     pub fn write(&self, mtime: u32) -> Vec<u8> {
-        let payload: usize = self
+        let mut out = Vec::with_capacity(self.archive_len() as usize);
+        if let Err(e) = self.write_to(mtime, &mut out) {
+            panic!("ArchiveBuilder::write: {e} (use write_to for archives of host files)");
+        }
+        out
+    }
+
+    /// Inode numbers, link counts and which entry carries the data, per entry in order:
+    /// inode numbers 1, 2, ... in archive order, nlink 1 (2 for directories). Host files
+    /// that are the same inode (hard links, `nlink >= 2` on the host) and appear more than
+    /// once form a link group: every member gets the first member's inode number and the
+    /// group's size as nlink, and only the last member carries the data, as GNU cpio writes
+    /// newc. The kernel (init/initramfs.c: maybe_link) creates the first member, links the
+    /// others to it, and writes the data when it comes; `cpio -i` defers the members until
+    /// the data arrives.
+    fn placement(&self) -> Vec<Placed> {
+        let mut placed: Vec<Placed> = (1u32..)
+            .zip(self.nodes.values())
+            .map(|(ino, node)| Placed {
+                ino,
+                nlink: if node.is_dir() { 2 } else { 1 },
+                carries_data: true,
+            })
+            .collect();
+        let mut groups: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
+        for (i, node) in self.nodes.values().enumerate() {
+            if let Node::HostFile { file, .. } = node {
+                if file.nlink >= 2 {
+                    groups.entry((file.dev, file.ino)).or_default().push(i);
+                }
+            }
+        }
+        for members in groups.values().filter(|m| m.len() >= 2) {
+            let (first, last) = (members[0], members[members.len() - 1]);
+            let ino = placed[first].ino;
+            for &m in members {
+                placed[m] = Placed {
+                    ino,
+                    // A group is at most the archive's entries, which are far fewer than 2^32.
+                    nlink: members.len() as u32,
+                    carries_data: m == last,
+                };
+            }
+        }
+        placed
+    }
+
+    /// Bytes [`ArchiveBuilder::write_to`] writes (hard links counted once).
+    pub fn archive_len(&self) -> u64 {
+        let entries: u64 = self
             .nodes
             .iter()
-            .map(|(n, node)| {
-                let size = match node {
-                    Node::File { data, .. } => data.len(),
-                    Node::Symlink { target } => target.len(),
-                    _ => 0,
-                };
-                HEADER_LEN + n.len() + 8 + size + 4
+            .zip(self.placement())
+            .map(|((name, node), p)| {
+                let data = if p.carries_data { node.data_len() } else { 0 };
+                entry_len(name, data)
             })
             .sum();
-        let mut out = Vec::with_capacity(payload + HEADER_LEN + TRAILER.len() + 8);
-        for (ino, (name, node)) in (1u32..).zip(&self.nodes) {
-            let (mode, nlink, rdev, data): (u32, u32, (u32, u32), &[u8]) = match node {
-                Node::Dir { perm } => (S_IFDIR | (perm & 0o7777), 2, (0, 0), &[]),
-                Node::File { perm, data } => (S_IFREG | (perm & 0o7777), 1, (0, 0), data),
-                Node::CharDev { perm, major, minor } => {
-                    (S_IFCHR | (perm & 0o7777), 1, (*major, *minor), &[])
+        entries + entry_len(TRAILER, 0)
+    }
+
+    /// Bytes that hard links saved: the data of every link group member but the last.
+    pub fn hard_link_savings(&self) -> u64 {
+        self.nodes
+            .values()
+            .zip(self.placement())
+            .filter(|(_, p)| !p.carries_data)
+            .map(|(node, _)| align4(node.data_len() as usize) as u64)
+            .sum()
+    }
+
+    /// Writes the archive to `out`: entries in byte order of their names, inode numbers and
+    /// links as [`ArchiveBuilder::placement`] gives, uid/gid 0, every mtime `mtime`, device
+    /// numbers 0, then the trailer; [`ArchiveBuilder::archive_len`] bytes, a multiple of 4.
+    /// Host files are read as they are written, one buffer at a time.
+    pub fn write_to(&self, mtime: u32, out: &mut impl Write) -> Result<u64, CpioError> {
+        let mut head = Vec::with_capacity(HEADER_LEN + 64);
+        let mut buf = Vec::new();
+        let mut written = 0u64;
+        for ((name, node), placed) in self.nodes.iter().zip(self.placement()) {
+            let (mode, rdev) = match node {
+                Node::Dir { perm } => (S_IFDIR | (perm & 0o7777), (0, 0)),
+                Node::File { perm, .. } | Node::HostFile { perm, .. } => {
+                    (S_IFREG | (perm & 0o7777), (0, 0))
                 }
-                Node::Symlink { target } => (S_IFLNK | 0o777, 1, (0, 0), target.as_bytes()),
+                Node::CharDev { perm, major, minor } => {
+                    (S_IFCHR | (perm & 0o7777), (*major, *minor))
+                }
+                Node::Symlink { .. } => (S_IFLNK | 0o777, (0, 0)),
+            };
+            let size = if placed.carries_data {
+                node.data_len()
+            } else {
+                0
             };
             let header = Header {
-                ino,
+                ino: placed.ino,
                 mode,
                 uid: 0,
                 gid: 0,
-                nlink,
+                nlink: placed.nlink,
                 mtime,
                 // Checked in `add`.
-                filesize: data.len() as u32,
+                filesize: size as u32,
                 dev: (0, 0),
                 rdev,
             };
-            write_entry(&mut out, &header, name, data);
+            head.clear();
+            write_header(&mut head, &header, name);
+            out.write_all(&head).map_err(CpioError::Output)?;
+            match node {
+                _ if size == 0 => {}
+                Node::File { data, .. } => out.write_all(data).map_err(CpioError::Output)?,
+                Node::Symlink { target } => out
+                    .write_all(target.as_bytes())
+                    .map_err(CpioError::Output)?,
+                Node::HostFile { file, .. } => copy_host_file(file, out, &mut buf)?,
+                Node::Dir { .. } | Node::CharDev { .. } => {}
+            }
+            let pad = align4(size as usize) - size as usize;
+            out.write_all(&[0; 3][..pad]).map_err(CpioError::Output)?;
+            written += entry_len(name, size);
         }
         let trailer = Header {
             ino: 0,
@@ -249,8 +399,61 @@ impl ArchiveBuilder {
             dev: (0, 0),
             rdev: (0, 0),
         };
-        write_entry(&mut out, &trailer, TRAILER, &[]);
-        out
+        head.clear();
+        write_header(&mut head, &trailer, TRAILER);
+        out.write_all(&head).map_err(CpioError::Output)?;
+        Ok(written + entry_len(TRAILER, 0))
+    }
+}
+
+/// Where an entry's inode number, link count and data go (see `placement`).
+#[derive(Debug, Clone, Copy)]
+struct Placed {
+    ino: u32,
+    nlink: u32,
+    carries_data: bool,
+}
+
+/// Bytes of one entry: header, name and NUL padded to 4, data padded to 4.
+fn entry_len(name: &str, data: u64) -> u64 {
+    (align4(HEADER_LEN + name.len() + 1) + align4(data as usize)) as u64
+}
+
+/// Copies exactly `file.size` bytes of a host file; a file that is shorter or longer now
+/// than when it was listed is an error (the header already holds its size).
+fn copy_host_file(
+    file: &HostFile,
+    out: &mut impl Write,
+    buf: &mut Vec<u8>,
+) -> Result<(), CpioError> {
+    let read_err = |source| CpioError::HostRead {
+        path: file.path.clone(),
+        source,
+    };
+    let changed = || CpioError::HostChanged {
+        path: file.path.clone(),
+        expected: file.size,
+    };
+    if buf.is_empty() {
+        buf.resize(256 << 10, 0);
+    }
+    let mut f = fs::File::open(&file.path).map_err(read_err)?;
+    let mut left = file.size;
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = match f.read(&mut buf[..want]) {
+            Ok(0) => return Err(changed()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(read_err(e)),
+        };
+        out.write_all(&buf[..n]).map_err(CpioError::Output)?;
+        left -= n as u64;
+    }
+    match f.read(&mut buf[..1]) {
+        Ok(0) => Ok(()),
+        Ok(_) => Err(changed()),
+        Err(e) => Err(read_err(e)),
     }
 }
 
@@ -304,8 +507,8 @@ fn pad4(out: &mut Vec<u8>) {
     }
 }
 
-fn write_entry(out: &mut Vec<u8>, h: &Header, name: &str, data: &[u8]) {
-    // Alignment is relative to the archive start; callers start each archive at offset 0.
+/// Header, name, NUL and padding; `out` starts 4-byte aligned in the archive.
+fn write_header(out: &mut Vec<u8>, h: &Header, name: &str) {
     let namesize = name.len() as u32 + 1;
     let fields = [
         h.ino, h.mode, h.uid, h.gid, h.nlink, h.mtime, h.filesize, h.dev.0, h.dev.1, h.rdev.0,
@@ -318,8 +521,6 @@ fn write_entry(out: &mut Vec<u8>, h: &Header, name: &str, data: &[u8]) {
     }
     out.extend_from_slice(name.as_bytes());
     out.push(0);
-    pad4(out);
-    out.extend_from_slice(data);
     pad4(out);
 }
 

@@ -34,7 +34,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 
-use crate::cpio::{ArchiveBuilder, CpioError, Node};
+use crate::cpio::{ArchiveBuilder, CpioError, HostFile, Node};
 use crate::elf::{self, DynamicInfo, ElfError};
 
 /// Symlinks followed while placing one path (the kernel's own limit is 40).
@@ -192,7 +192,7 @@ impl<'a> Collector<'a> {
     /// Places an entry, accepting an identical one (or a directory over a directory).
     fn put(&mut self, path: &str, node: Node, from: &Path) -> Result<(), IncludeError> {
         match self.archive.get(path) {
-            Some(existing) if *existing == node => return Ok(()),
+            Some(existing) if *existing == node || same_file(existing, &node) => return Ok(()),
             Some(Node::Dir { .. }) if matches!(node, Node::Dir { .. }) => return Ok(()),
             Some(existing) => {
                 return Err(IncludeError::Conflict {
@@ -351,32 +351,40 @@ impl<'a> Collector<'a> {
         meta: &fs::Metadata,
         deps: Deps,
     ) -> Result<(), IncludeError> {
-        let data = fs::read(src).map_err(read_err(src))?;
         self.files_read += 1;
-        self.bytes_read += data.len() as u64;
-        if deps == Deps::Follow && elf::is_elf(&data) {
-            match elf::dynamic_info(&data) {
-                Ok(Some(info)) if info.interpreter.is_some() || !info.needed.is_empty() => {
-                    let canonical = fs::canonicalize(src).map_err(read_err(src))?;
-                    if !self.done.contains(&canonical) {
-                        self.pending.insert(canonical, info);
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => self.notes.push(format!(
-                    "{}: unreadable ELF ({e}); its libraries, if any, are not packed",
-                    src.display()
-                )),
+        self.bytes_read += meta.len();
+        if deps == Deps::Follow {
+            // Read now only to look for ELF needs; the archive reads it again when written.
+            let data = fs::read(src).map_err(read_err(src))?;
+            if elf::is_elf(&data) {
+                self.note_elf(src, &data)?;
             }
         }
         self.put(
             dst,
-            Node::File {
+            Node::HostFile {
                 perm: perm(meta),
-                data,
+                file: HostFile::new(src.to_owned(), meta),
             },
             src,
         )
+    }
+
+    fn note_elf(&mut self, src: &Path, data: &[u8]) -> Result<(), IncludeError> {
+        match elf::dynamic_info(data) {
+            Ok(Some(info)) if info.interpreter.is_some() || !info.needed.is_empty() => {
+                let canonical = fs::canonicalize(src).map_err(read_err(src))?;
+                if !self.done.contains(&canonical) {
+                    self.pending.insert(canonical, info);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => self.notes.push(format!(
+                "{}: unreadable ELF ({e}); its libraries, if any, are not packed",
+                src.display()
+            )),
+        }
+        Ok(())
     }
 
     fn note_special(&mut self, path: &Path, ft: fs::FileType) {
@@ -499,10 +507,31 @@ fn components(path: &Path) -> VecDeque<OsString> {
         .collect()
 }
 
+/// Two regular files with the same permissions and contents (a library reached by two
+/// paths that are different inodes); read only when two files meet at one path.
+fn same_file(a: &Node, b: &Node) -> bool {
+    fn parts(n: &Node) -> Option<(u32, io::Result<Vec<u8>>)> {
+        match n {
+            Node::File { perm, data } => Some((*perm, Ok(data.clone()))),
+            Node::HostFile { perm, file } => Some((*perm, fs::read(&file.path))),
+            _ => None,
+        }
+    }
+    match (parts(a), parts(b)) {
+        (Some((pa, Ok(da))), Some((pb, Ok(db)))) => pa == pb && da == db,
+        _ => false,
+    }
+}
+
 fn describe(node: &Node) -> String {
     match node {
         Node::Dir { .. } => "a directory".into(),
         Node::File { data, .. } => format!("another file ({} bytes)", data.len()),
+        Node::HostFile { file, .. } => format!(
+            "another file ({} bytes, from {})",
+            file.size,
+            file.path.display()
+        ),
         Node::CharDev { major, minor, .. } => format!("a device node {major}:{minor}"),
         Node::Symlink { target } => format!("a symlink to {target}"),
     }
@@ -512,6 +541,13 @@ fn describe(node: &Node) -> String {
 mod tests {
     use super::*;
     use std::os::unix::fs::{symlink, PermissionsExt};
+
+    fn host_file(b: &ArchiveBuilder, path: &str) -> Option<(u32, Vec<u8>)> {
+        match b.get(path)? {
+            Node::HostFile { perm, file } => Some((*perm, fs::read(&file.path).unwrap())),
+            _ => None,
+        }
+    }
 
     fn names(b: &ArchiveBuilder) -> Vec<String> {
         b.iter().map(|(n, _)| n.to_owned()).collect()
@@ -561,12 +597,10 @@ mod tests {
                 "opt/app/sub/deeper/data"
             ]
         );
+        // Host files are read when the archive is written: their mode and contents.
         assert_eq!(
-            b.get("opt/app/run"),
-            Some(&Node::File {
-                perm: 0o4750,
-                data: b"#!/bin/sh\n".to_vec()
-            })
+            host_file(&b, "opt/app/run"),
+            Some((0o4750, b"#!/bin/sh\n".to_vec()))
         );
         assert_eq!(b.get("opt/app/sub"), Some(&Node::Dir { perm: 0o700 }));
         assert_eq!(
@@ -610,7 +644,7 @@ mod tests {
         );
         assert!(matches!(
             b.get(&format!("{r}/usr/lib/real.so.1.2")),
-            Some(Node::File { .. })
+            Some(Node::HostFile { .. })
         ));
 
         // With the initramfs already holding a directory there, the two are merged.
@@ -627,7 +661,7 @@ mod tests {
         );
         assert!(matches!(
             b.get(&format!("{r}/lib/real.so.1.2")),
-            Some(Node::File { .. })
+            Some(Node::HostFile { .. })
         ));
     }
 
@@ -680,7 +714,7 @@ mod tests {
         // The interpreter's path resolves inside the archive to a file.
         let resolved = resolve_in(&b, &interp)
             .unwrap_or_else(|| panic!("{interp} not packed: {:?}", names(&b)));
-        assert!(matches!(b.get(&resolved), Some(Node::File { .. })));
+        assert!(matches!(b.get(&resolved), Some(Node::HostFile { .. })));
         for lib in &info.needed {
             assert!(
                 names(&b).iter().any(|n| n.ends_with(&format!("/{lib}"))),

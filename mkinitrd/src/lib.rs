@@ -91,6 +91,8 @@ pub struct BuildReport {
     pub firmware: Vec<String>,
     /// Store paths packed by `--embed-store`.
     pub store_paths: usize,
+    /// Bytes of file data not packed twice thanks to hard links (before compression).
+    pub hard_link_savings: u64,
     /// Remarks for the user (built-in modules skipped, aliases resolved, ...).
     pub notes: Vec<String>,
     pub elapsed: Duration,
@@ -190,35 +192,40 @@ pub fn kernel_cmdline(closure: Option<&Closure>) -> String {
     }
 }
 
-/// Builds the initramfs and writes it atomically to `opts.output`.
+/// Builds the initramfs and writes it to `opts.output` as [`output::Output`] does: a
+/// regular file is replaced atomically, `-` is standard output, a character device or FIFO
+/// is written in place. File contents are read while they are compressed into the output:
+/// memory does not grow with what is packed.
 pub fn build(opts: &BuildOptions) -> Result<BuildReport, Error> {
     let start = Instant::now();
     let mtime = source_date_epoch()?;
-    let image = build_image(opts, mtime)?;
-    output::write_atomically(&opts.output, |f| f.write_all(&image.bytes)).map_err(|source| {
-        Error::Output {
-            path: opts.output.clone(),
-            source,
-        }
-    })?;
+    let plan = plan_image(opts)?;
+    let out_err = |source| Error::Output {
+        path: opts.output.clone(),
+        source,
+    };
+    let mut out = output::Output::create(&opts.output).map_err(out_err)?;
+    let sizes = {
+        let mut buffered = std::io::BufWriter::with_capacity(1 << 20, &mut out);
+        let sizes = plan.write_to(opts.compression, mtime, &mut buffered, &opts.output)?;
+        buffered.flush().map_err(out_err)?;
+        sizes
+    };
+    out.commit().map_err(out_err)?;
     Ok(BuildReport {
         output: opts.output.clone(),
-        size: image.bytes.len() as u64,
-        uncompressed_size: image.uncompressed_size as u64,
-        entries: image.entries,
-        modules: image
-            .config
-            .modules
-            .iter()
-            .map(|m| m.name.clone())
-            .collect(),
-        kernel_version: image.config.kernel_version.clone(),
-        default_init: image.config.default_init.clone(),
-        kernel_cmdline: image.kernel_cmdline(),
-        init_binary: image.init_binary.clone(),
-        firmware: image.firmware.clone(),
-        store_paths: image.store_paths,
-        notes: image.notes,
+        size: sizes.written,
+        uncompressed_size: sizes.uncompressed,
+        entries: plan.archive.len(),
+        modules: plan.config.modules.iter().map(|m| m.name.clone()).collect(),
+        kernel_version: plan.config.kernel_version.clone(),
+        default_init: plan.config.default_init.clone(),
+        kernel_cmdline: kernel_cmdline(plan.closure.as_ref()),
+        init_binary: plan.init_binary.clone(),
+        firmware: plan.firmware.clone(),
+        store_paths: plan.store_paths,
+        hard_link_savings: plan.archive.hard_link_savings(),
+        notes: plan.notes,
         elapsed: start.elapsed(),
     })
 }
@@ -239,8 +246,86 @@ const LAYOUT_DIRS: &[&str] = &[
 /// Where `--embed-store` puts the store, and what the configuration says.
 pub const EMBEDDED_STORE: &str = "/nix/store";
 
-/// Builds the initramfs in memory with every mtime set to `mtime`; writes nothing.
+/// Builds the initramfs in memory with every mtime set to `mtime`; writes nothing. The same
+/// bytes as [`build`] writes; for tests and small images (everything is held in memory).
 pub fn build_image(opts: &BuildOptions, mtime: u32) -> Result<Image, Error> {
+    let plan = plan_image(opts)?;
+    let mut bytes = Vec::new();
+    let sizes = plan.write_to(opts.compression, mtime, &mut bytes, Path::new("memory"))?;
+    Ok(Image {
+        bytes,
+        uncompressed_size: sizes.uncompressed as usize,
+        entries: plan.archive.len(),
+        config: plan.config,
+        closure: plan.closure,
+        init_binary: plan.init_binary,
+        firmware: plan.firmware,
+        store_paths: plan.store_paths,
+        notes: plan.notes,
+    })
+}
+
+/// Everything decided before a byte is written: the archive's entries (host files by
+/// path, read when written), the microcode segment, the configuration.
+struct Plan {
+    archive: cpio::ArchiveBuilder,
+    /// The early microcode blobs, packed uncompressed in front of the archive.
+    microcode: std::collections::BTreeMap<Vendor, Vec<u8>>,
+    config: InitrdConfig,
+    closure: Option<Closure>,
+    init_binary: PathBuf,
+    firmware: Vec<String>,
+    store_paths: usize,
+    notes: Vec<String>,
+}
+
+/// Bytes a [`Plan`] wrote.
+struct Sizes {
+    written: u64,
+    uncompressed: u64,
+}
+
+impl Plan {
+    /// Writes the microcode segment, then the archive through the compressor, to `out`.
+    /// `path` names the output in errors.
+    fn write_to(
+        &self,
+        compression: Compression,
+        mtime: u32,
+        out: &mut impl Write,
+        path: &Path,
+    ) -> Result<Sizes, Error> {
+        let out_err = |source| Error::Output {
+            path: path.to_owned(),
+            source,
+        };
+        let early = microcode::segment(&self.microcode, mtime).unwrap_or_default();
+        let mut counted = output::Counter::new(out);
+        counted.write_all(&early).map_err(out_err)?;
+        let len = self.archive.archive_len();
+        let mut enc = compress::Encoder::new(compression, &mut counted, len).map_err(|source| {
+            compress::CompressError {
+                compression,
+                source,
+            }
+        })?;
+        self.archive
+            .write_to(mtime, &mut enc)
+            .map_err(|e| match e {
+                cpio::CpioError::Output(source) => out_err(source),
+                other => Error::Cpio(other),
+            })?;
+        enc.finish().map_err(out_err)?;
+        Ok(Sizes {
+            written: counted.count(),
+            uncompressed: early.len() as u64 + len,
+        })
+    }
+}
+
+/// Decides the image: reads the small inputs (init, modules, firmware, microcode), lists the
+/// host files.
+fn plan_image(opts: &BuildOptions) -> Result<Plan, Error> {
     let closure = opts.closure.as_deref().map(Closure::open).transpose()?;
     if opts.kernel_modules.is_none() && !opts.modules.is_empty() {
         return Err(Error::ModulesWithoutDir);
@@ -257,38 +342,7 @@ pub fn build_image(opts: &BuildOptions, mtime: u32) -> Result<Image, Error> {
         config.embedded_store = Some(EMBEDDED_STORE.to_owned());
     }
     let mut notes = Vec::new();
-    let mut modules = Vec::new();
-    let mut firmware = firmware::Found::default();
-    if let Some(dir) = &opts.kernel_modules {
-        let modules_dir = kmod::ModulesDir::open(dir)?;
-        let requested: Vec<String> = if opts.modules.is_empty() {
-            kmod::DEFAULT_MODULES
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect()
-        } else {
-            opts.modules.clone()
-        };
-        let resolution = modules_dir.resolve(&requested)?;
-        notes.extend(resolution.notes);
-        let fw_dirs = if opts.firmware_dirs.is_empty() {
-            firmware::default_dir(dir).into_iter().collect()
-        } else {
-            opts.firmware_dirs.clone()
-        };
-        firmware = firmware::collect(&resolution.modules, &fw_dirs)?;
-        notes.append(&mut firmware.notes);
-        config.kernel_version = Some(resolution.kernel_version.clone());
-        for m in resolution.modules {
-            let path = format!("/lib/modules/{}/{}", resolution.kernel_version, m.rel_path);
-            config.modules.push(ModuleSpec {
-                name: m.name,
-                path: path.clone(),
-                params: String::new(),
-            });
-            modules.push((path, m.data));
-        }
-    }
+    let (modules, firmware) = plan_modules(opts, &mut config, &mut notes)?;
 
     let mut archive = cpio::ArchiveBuilder::new();
     for dir in LAYOUT_DIRS {
@@ -306,38 +360,12 @@ pub fn build_image(opts: &BuildOptions, mtime: u32) -> Result<Image, Error> {
         archive.file(&format!("{}/{name}", firmware::FIRMWARE_DIR), 0o644, data)?;
     }
 
-    let mut store_paths = 0;
-    {
-        let mut collector = include::Collector::new(&mut archive);
-        collector.add_includes(&opts.includes)?;
-        if let Some(embed) = &opts.embed_store {
-            let (paths, store_notes) = store::resolve(embed, opts.closure.as_deref())?;
-            notes.extend(store_notes);
-            store_paths = paths.len();
-            for p in paths {
-                collector
-                    .add_verbatim(
-                        &p.host,
-                        &format!("{EMBEDDED_STORE}/{}", p.name),
-                        include::Deps::Ignore,
-                    )
-                    .map_err(Error::StoreInclude)?;
-            }
-        }
-        notes.append(&mut collector.notes);
-    }
+    let store_paths = add_host_files(opts, &mut archive, &mut notes)?;
 
     let blobs = microcode::collect(&opts.microcode, opts.microcode_vendor)?;
-    let early = microcode::segment(&blobs, mtime).unwrap_or_default();
-    let main = archive.write(mtime);
-    let uncompressed_size = early.len() + main.len();
-    let compressed = compress::compress(opts.compression, &main)?;
-    let mut bytes = early;
-    bytes.extend_from_slice(&compressed);
-    Ok(Image {
-        bytes,
-        uncompressed_size,
-        entries: archive.len(),
+    Ok(Plan {
+        microcode: blobs,
+        archive,
         config,
         closure,
         init_binary,
@@ -345,6 +373,79 @@ pub fn build_image(opts: &BuildOptions, mtime: u32) -> Result<Image, Error> {
         store_paths,
         notes,
     })
+}
+
+/// A module's archive path and contents.
+type PackedModule = (String, Vec<u8>);
+
+/// The modules to pack (archive path, contents) in load order, recorded in `config`, and
+/// their firmware.
+fn plan_modules(
+    opts: &BuildOptions,
+    config: &mut InitrdConfig,
+    notes: &mut Vec<String>,
+) -> Result<(Vec<PackedModule>, firmware::Found), Error> {
+    let mut modules = Vec::new();
+    let Some(dir) = &opts.kernel_modules else {
+        return Ok((modules, firmware::Found::default()));
+    };
+    let modules_dir = kmod::ModulesDir::open(dir)?;
+    let requested: Vec<String> = if opts.modules.is_empty() {
+        kmod::DEFAULT_MODULES
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
+    } else {
+        opts.modules.clone()
+    };
+    let resolution = modules_dir.resolve(&requested)?;
+    notes.extend(resolution.notes);
+    let fw_dirs = if opts.firmware_dirs.is_empty() {
+        firmware::default_dir(dir).into_iter().collect()
+    } else {
+        opts.firmware_dirs.clone()
+    };
+    let mut firmware = firmware::collect(&resolution.modules, &fw_dirs)?;
+    notes.append(&mut firmware.notes);
+    config.kernel_version = Some(resolution.kernel_version.clone());
+    for m in resolution.modules {
+        let path = format!("/lib/modules/{}/{}", resolution.kernel_version, m.rel_path);
+        config.modules.push(ModuleSpec {
+            name: m.name,
+            path: path.clone(),
+            params: String::new(),
+        });
+        modules.push((path, m.data));
+    }
+    Ok((modules, firmware))
+}
+
+/// Lists `--include` and `--embed-store` host files into the archive (their contents are
+/// read when it is written); returns the number of store paths.
+fn add_host_files(
+    opts: &BuildOptions,
+    archive: &mut cpio::ArchiveBuilder,
+    notes: &mut Vec<String>,
+) -> Result<usize, Error> {
+    let mut store_paths = 0;
+    let mut collector = include::Collector::new(archive);
+    collector.add_includes(&opts.includes)?;
+    if let Some(embed) = &opts.embed_store {
+        let (paths, store_notes) = store::resolve(embed, opts.closure.as_deref())?;
+        notes.extend(store_notes);
+        store_paths = paths.len();
+        for p in paths {
+            collector
+                .add_verbatim(
+                    &p.host,
+                    &format!("{EMBEDDED_STORE}/{}", p.name),
+                    include::Deps::Ignore,
+                )
+                .map_err(Error::StoreInclude)?;
+        }
+    }
+    notes.append(&mut collector.notes);
+    Ok(store_paths)
 }
 
 /// Reads a file and checks it is a static executable.

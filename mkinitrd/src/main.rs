@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use mkinitrd::{BuildOptions, Closure, Compression, EmbedStore, Include, Vendor};
 
 /// Packs a static init, its configuration, kernel modules and host files into a
@@ -14,7 +14,8 @@ use mkinitrd::{BuildOptions, Closure, Compression, EmbedStore, Include, Vendor};
     name = "mkinitrd",
     version,
     args_conflicts_with_subcommands = true,
-    subcommand_negates_reqs = true
+    subcommand_negates_reqs = true,
+    after_help = EXIT_STATUS
 )]
 struct Cli {
     #[command(subcommand)]
@@ -29,7 +30,11 @@ struct BuildArgs {
     /// `init`, whose init becomes the default. Without it the kernel command line must carry init=.
     #[arg(long, value_name = "RESULT")]
     closure: Option<PathBuf>,
-    /// The initramfs to write (replaced atomically).
+    /// The initramfs to write. A regular file or a new path is replaced atomically (a
+    /// temporary file beside it, then a rename); - is standard output; a character device or
+    /// FIFO (/dev/null, a named pipe) is written in place; a symlink is followed and these
+    /// rules apply to its target (the link stays); a directory, block device or socket is
+    /// refused. Not needed with --print-cmdline alone.
     #[arg(
         short,
         long,
@@ -74,7 +79,8 @@ struct BuildArgs {
     /// Compression of the archive: zstd, gzip, xz, lz4 or none.
     #[arg(long, value_name = "METHOD", default_value = "zstd", value_parser = parse_compression)]
     compress: Compression,
-    /// Print the kernel command line that boots the closure with this initrd.
+    /// Print the kernel command line that boots the closure with this initrd (on standard
+    /// output, so not with -o -).
     #[arg(long)]
     print_cmdline: bool,
 }
@@ -83,13 +89,17 @@ struct BuildArgs {
 enum Command {
     /// List every segment's entries and check the kernel's unpacking rules; --extract unpacks.
     Inspect {
-        /// Unpack every segment into DIR (never outside it; device nodes only as root).
+        /// Unpack every segment into DIR (created if missing; never outside it; an existing
+        /// entry is replaced, never written through; device nodes only as root).
         #[arg(long, value_name = "DIR")]
         extract: Option<PathBuf>,
-        /// The initramfs file.
+        /// The initramfs file to read.
         file: PathBuf,
     },
 }
+
+/// The exit codes, said in --help.
+const EXIT_STATUS: &str = "Exit status: 0 on success; 1 when the build or inspection fails (or inspect finds rule violations), with one line naming the path and the cause; 2 for usage errors (unknown or malformed options, an option without the one it needs such as --module without --kernel-modules, --print-cmdline with -o -).";
 
 /// With --embed-store and no --store-paths: a closureInfo directory whose `store-paths` is used.
 const CLOSURE_INFO_ENV: &str = "NIXBOOT_CLOSURE_INFO";
@@ -106,6 +116,15 @@ fn parse_include(s: &str) -> Result<Include, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.build.print_cmdline && cli.build.output.as_deref() == Some(Path::new("-")) {
+        // Usage error: exit 2 like clap's own.
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--print-cmdline prints on standard output, which -o - already fills with the image",
+            )
+            .exit();
+    }
     let result = match cli.command {
         Some(Command::Inspect { extract, file }) => inspect(&file, extract.as_deref()),
         None => build(cli.build),
@@ -113,10 +132,25 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("mkinitrd: error: {e:#}");
+            eprintln!("mkinitrd: error: {}", render(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each said once: the library's messages already
+/// quote their source (`cannot read X: <io error>`), so a cause whose text is in the line
+/// already is not repeated.
+fn render(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
@@ -171,9 +205,19 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     if report.store_paths > 0 {
         extra.push_str(&format!(", {} store paths", report.store_paths));
     }
+    if report.hard_link_savings > 0 {
+        extra.push_str(&format!(
+            ", {} bytes saved by hard links",
+            report.hard_link_savings
+        ));
+    }
+    let target = if report.output == Path::new("-") {
+        "standard output".to_owned()
+    } else {
+        report.output.display().to_string()
+    };
     eprintln!(
-        "mkinitrd: wrote {} ({} bytes, {} modules{extra}, {} ms)",
-        report.output.display(),
+        "mkinitrd: wrote {target} ({} bytes, {} modules{extra}, {} ms)",
         report.size,
         report.modules.len(),
         report.elapsed.as_millis()

@@ -174,3 +174,181 @@ fn inspect_fails_on_rule_violations_and_damage() {
     assert!(!ok);
     assert!(stderr.contains("absent"), "{stderr}");
 }
+
+/// A minimal build's arguments (closure, init) writing to `out`.
+fn small_build(dir: &std::path::Path, out: &std::path::Path) -> std::process::Command {
+    with_init(dir, out, &static_init(dir))
+}
+
+fn with_init(
+    dir: &std::path::Path,
+    out: &std::path::Path,
+    init: &std::path::Path,
+) -> std::process::Command {
+    let mut c = mkinitrd();
+    c.arg("--closure")
+        .arg(closure(dir, "e-system"))
+        .arg("--init")
+        .arg(init)
+        .arg("-o")
+        .arg(out);
+    c
+}
+
+fn exit_code(c: &mut std::process::Command) -> (Option<i32>, String) {
+    let o = c.output().unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn dev_null_is_written_in_place_not_replaced() {
+    use std::os::unix::fs::FileTypeExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok, stdout, stderr) =
+        run(small_build(tmp.path(), std::path::Path::new("/dev/null")).arg("--print-cmdline"));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("init=/"), "{stdout}");
+    let meta = fs::symlink_metadata("/dev/null").unwrap();
+    assert!(meta.file_type().is_char_device(), "/dev/null was replaced");
+}
+
+#[test]
+fn stdout_fifo_and_file_get_the_same_bytes() {
+    use std::os::unix::fs::FileTypeExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("initrd");
+    let (ok, _, err) = run(&mut small_build(tmp.path(), &file));
+    assert!(ok, "{err}");
+    let expected = fs::read(&file).unwrap();
+
+    let o = small_build(tmp.path(), std::path::Path::new("-"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.stdout == expected, "-o - wrote other bytes");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("wrote standard output"));
+
+    let fifo = tmp.path().join("pipe");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || fs::read(fifo).unwrap())
+    };
+    let (ok, _, err) = run(&mut small_build(tmp.path(), &fifo));
+    assert!(ok, "{err}");
+    assert!(
+        reader.join().unwrap() == expected,
+        "the FIFO got other bytes"
+    );
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
+}
+
+#[test]
+fn a_directory_is_refused_and_a_symlink_is_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("out");
+    fs::create_dir(&dir).unwrap();
+    let (code, err) = exit_code(&mut small_build(tmp.path(), &dir));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&dir.display().to_string()) && err.contains("is a directory"),
+        "{err}"
+    );
+    assert!(listing(&dir).is_empty());
+
+    let target = tmp.path().join("images/initrd-1");
+    fs::create_dir_all(target.parent().unwrap()).unwrap();
+    fs::write(&target, b"old").unwrap();
+    let link = tmp.path().join("initrd");
+    std::os::unix::fs::symlink("images/initrd-1", &link).unwrap();
+    let (ok, _, err) = run(&mut small_build(tmp.path(), &link));
+    assert!(ok, "{err}");
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let written = fs::read(&target).unwrap();
+    assert_eq!(
+        &written[..4],
+        &[0x28, 0xb5, 0x2f, 0xfd],
+        "target not replaced"
+    );
+    assert_eq!(listing(target.parent().unwrap()), ["initrd-1"]);
+}
+
+#[test]
+fn usage_errors_exit_2_and_failures_exit_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (code, err) =
+        exit_code(small_build(tmp.path(), std::path::Path::new("-")).arg("--print-cmdline"));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--print-cmdline"), "{err}");
+    let (code, err) =
+        exit_code(small_build(tmp.path(), &tmp.path().join("x")).args(["--module", "virtiofs"]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--kernel-modules"), "{err}");
+    let (code, err) = exit_code(small_build(tmp.path(), &tmp.path().join("x")).arg("--bogus"));
+    assert_eq!(code, Some(2), "{err}");
+    let (code, err) = exit_code(&mut with_init(
+        tmp.path(),
+        &tmp.path().join("x"),
+        "/no/such/init".as_ref(),
+    ));
+    assert_eq!(code, Some(1), "{err}");
+    let o = mkinitrd().arg("--version").output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("mkinitrd {}", env!("CARGO_PKG_VERSION"))
+    );
+    let help = mkinitrd().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    assert!(
+        help.contains("Exit status: 0") && help.contains("written in place"),
+        "{help}"
+    );
+}
+
+#[test]
+fn every_error_is_said_once_with_path_and_cause() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("missing-system");
+    let (code, err) = exit_code(
+        mkinitrd()
+            .arg("--closure")
+            .arg(&missing)
+            .arg("-o")
+            .arg(tmp.path().join("x")),
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // A dynamic program as the init: named once, the interpreter said once.
+    let Some(dynamic) = ["/bin/true", "/usr/bin/true"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        panic!("no /bin/true to use as a dynamic executable");
+    };
+    let (code, err) = exit_code(&mut with_init(
+        tmp.path(),
+        &tmp.path().join("x"),
+        dynamic.as_ref(),
+    ));
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("not a static executable") && err.contains(dynamic),
+        "{err}"
+    );
+    assert_eq!(err.matches("PT_INTERP").count(), 1, "{err}");
+    assert!(listing(tmp.path()).iter().all(|n| n != "x"));
+}

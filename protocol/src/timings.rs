@@ -67,9 +67,9 @@ impl Kind {
             s if s.starts_with("wait-") => Kind::DeviceWaits,
             s if s.starts_with("mount-") || s == "remount-root-ro" => Kind::Mounts,
             "copy-store" => Kind::StoreCopy,
-            "check-init" => Kind::Checks,
-            "prepare-root" => Kind::PrepareRoot,
-            "move-mounts" | "switch-root" | "write-timings" => Kind::Switch,
+            "check-init" | "flavour" => Kind::Checks,
+            "prepare-root" | "nixos-init" => Kind::PrepareRoot,
+            "move-mounts" | "dev-links" | "switch-root" | "write-timings" => Kind::Switch,
             _ => Kind::Setup,
         }
     }

@@ -5,5 +5,7 @@
 //! benchmark does not link mkinitrd).
 //!
 //! - [`artifacts`]: prerequisites, static guest binaries, fake store names.
+//! - [`nixos_closure`]: a NixOS-shaped closure of real parts (Debian's systemd) for real stage-2 boots.
 
 pub mod artifacts;
+pub mod nixos_closure;

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{assert_special_mounts, context, modules_share, MODULES};
+use common::{assert_special_mounts, context, loadable_modules, modules_share};
 use nixboot_launcher::bootspec::{self, KernelCmdline};
 use nixboot_launcher::console::{self, Status};
 use nixboot_launcher::Share;
@@ -113,9 +113,9 @@ fn busybox_initrd(modules_dir: &Path, switch: &str) -> Vec<u8> {
     c.entry("bin/busybox", 0o100755, (0, 0), &busybox);
     let script = INIT_SCRIPT
         .replace("SWITCH", switch)
-        .replace("MODULES", &MODULES.join(" "));
+        .replace("MODULES", &loadable_modules().join(" "));
     c.entry("init", 0o100755, (0, 0), script.as_bytes());
-    for m in MODULES {
+    for m in loadable_modules() {
         let path = find_module(modules_dir, m).unwrap_or_else(|| panic!("module {m} not found"));
         let data = std::fs::read(&path).unwrap();
         c.entry(&format!("mods/{m}.ko"), 0o100644, (0, 0), &data);
@@ -183,7 +183,7 @@ fn boot_busybox(test: &str, switch: &str) -> Option<ProbeReport> {
     let s = o.status.as_ref().expect("status line");
     assert_eq!(s.status(), Status::Ok, "{s}{ctx}");
     assert_eq!(s.get("init"), Some(init.as_str()));
-    for m in MODULES {
+    for m in loadable_modules() {
         assert!(
             log_lines(&o.console).any(|l| console::has_word(l, m)),
             "no line about module {m}{ctx}"

@@ -5,7 +5,9 @@
 
 mod common;
 
-use common::{assert_booted, assert_failed, kit, step_lines, Action, Boot, Kit, VIRTIOFS_MODULES};
+use common::{
+    assert_booted, assert_failed, kit, step_lines, timed_steps, Action, Boot, Kit, VIRTIOFS_MODULES,
+};
 use qemu_tests::artifacts::fake_store_name;
 use std::path::{Path, PathBuf};
 
@@ -129,6 +131,12 @@ fn nixos_init_closure_is_prepared_before_systemd() {
     let p = assert_booted(&o);
     let ctx = common::context(&o);
     assert!(any_line(&o, "flavour", "(c) nixos-init"), "{ctx}");
+    // Told once, then prepared in a phase of its own, timed apart from prepare-root.
+    assert_eq!(step_lines(&o, "flavour").len(), 1, "{ctx}");
+    let timed = timed_steps(&p);
+    assert!(timed.iter().any(|t| t == "nixos-init"), "{timed:?}");
+    assert!(!timed.iter().any(|t| t == "prepare-root"), "{timed:?}");
+    assert!(any_line(&o, "dev-links", "fd -> /proc/self/fd"), "{ctx}");
     assert_eq!(p.booted_system.as_deref(), Some(s.toplevel.as_str()), "{p}");
     let kind = |path: &str| {
         p.stats
@@ -302,6 +310,12 @@ fn stage2_script_process_substitution_works() {
     let ctx = common::context(&o);
     assert!(
         any_line(&o, "flavour", "(a) init is the stage-2 script"),
+        "{ctx}"
+    );
+    // The /dev links are stage 1's for every flavour, not the nixos-init preparation's.
+    assert!(step_lines(&o, "nixos-init").is_empty(), "{ctx}");
+    assert!(
+        any_line(&o, "dev-links", "stderr -> /proc/self/fd/2"),
         "{ctx}"
     );
 }

@@ -39,15 +39,7 @@ pub fn open_root(step: &'static str, new_root: &str) -> Result<OwnedFd, Failure>
 /// correctly), requires an executable regular file, returns its first bytes (enough for an
 /// ELF's program headers and loader path).
 pub fn open_in_root(root: &OwnedFd, path: &str) -> Result<Vec<u8>, Unusable> {
-    let rel = path.trim_start_matches('/');
-    let fd = rustix::fs::openat2(
-        root,
-        rel,
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::IN_ROOT,
-    )
-    .map_err(Unusable::Sys)?;
+    let fd = open_file(root, path, OFlags::RDONLY).map_err(Unusable::Sys)?;
     let st = rustix::fs::fstat(&fd).map_err(Unusable::Sys)?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
         return Err(Unusable::NotRegular);
@@ -65,6 +57,37 @@ pub fn open_in_root(root: &OwnedFd, path: &str) -> Result<Vec<u8>, Unusable> {
     }
     buf.truncate(got);
     Ok(buf)
+}
+
+/// `openat2` with `root` as `/`.
+fn open_file(root: &OwnedFd, path: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
+    rustix::fs::openat2(
+        root,
+        path.trim_start_matches('/'),
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT,
+    )
+}
+
+/// The whole of a (small) file in the new root: boot.json.
+pub fn read_in_root(root: &OwnedFd, path: &str) -> Result<Vec<u8>, Errno> {
+    let fd = open_file(root, path, OFlags::RDONLY)?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match rustix::io::read(&fd, &mut buf) {
+            Ok(0) => return Ok(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether `path` exists in the new root (symlinks followed inside it).
+pub fn exists_in_root(root: &OwnedFd, path: &str) -> bool {
+    open_file(root, path, OFlags::PATH).is_ok()
 }
 
 /// Where `path` leads inside the new root, symlinks resolved (NixOS's systemd initrd does

@@ -46,3 +46,14 @@ pub const EARLY_MOUNTS: &[EarlyMount] = &[
         data: "mode=0755,size=25%",
     },
 ];
+
+/// The links NixOS's stage 1 leaves in /dev for every flavour (stage-1-init.sh:
+/// `ln -sfn /proc/self/fd /dev/fd` ...): stage-2-init.sh's `exec > >(tee ...)` opens
+/// /dev/fd/N. Made in the devtmpfs once it has moved into the new root (step `dev-links`),
+/// so they are there after the switch; an existing entry is left alone.
+pub const DEV_LINKS: &[(&str, &str)] = &[
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+];

@@ -7,17 +7,21 @@
 //!
 //! Decisions, written down once:
 //! - The special filesystems (/dev devtmpfs, /proc, /sys, /run tmpfs) stay MOUNTED and are
-//!   moved into the new root, as NixOS's scripted stage 1 does, for both closure flavours.
+//!   moved into the new root, as NixOS's scripted stage 1 does, for every closure flavour.
 //!   stage-2-init.sh (and prepare-root, which is the same script) then skips its own early
 //!   mounts (it only mounts them when `/proc/1` is missing) and systemd mounts the rest
 //!   (/dev/shm, /dev/pts, ...). /run survives, so `/run/nixboot/timings.json` and
-//!   prepare-root's `/run/booted-system` reach the booted system.
-//! - Closure flavours: when a `prepare-root` lies beside the next init (NixOS built with the
-//!   systemd initrd: `init` is systemd itself), it is run the way NixOS's systemd initrd runs
-//!   it (`chroot /sysroot $closure/prepare-root` with `IN_NIXOS_SYSTEMD_STAGE1=true`, /run
-//!   shared with the initrd), after the special mounts are in the new root and before the
-//!   switch; then init (systemd) is exec'd. Without one, init is the stage-2 script and is
-//!   exec'd directly.
+//!   prepare-root's `/run/booted-system` reach the booted system. Stage 1's /dev links
+//!   ([`DEV_LINKS`]: /dev/fd, /dev/stdin, ...) are made in the moved devtmpfs, one step
+//!   (`dev-links`) for every flavour.
+//! - Closure flavours (nixos/flavour.rs), told from the closure once the root is mounted,
+//!   so one step of two phases (`flavour`, then what it needs): with a `prepare-root`
+//!   beside the next init (NixOS built with the systemd initrd: `init` is systemd itself),
+//!   it is run the way NixOS's systemd initrd runs it (`chroot /sysroot
+//!   $closure/prepare-root` with `IN_NIXOS_SYSTEMD_STAGE1=true`, /run shared with the
+//!   initrd), after the special mounts are in the new root and before the switch; then init
+//!   (systemd) is exec'd. A nixos-init closure is prepared as its `initrd-init` would (phase
+//!   `nixos-init`). Otherwise init (the stage-2 script, or another) is exec'd directly.
 //! - The next init gets argv = [init path] + the words after `--`, and exactly the
 //!   environment the kernel gives an init it starts itself: `HOME=/` and `TERM=linux`.
 //!   Nothing else is inherited (NixOS's stage 1 uses `env -i`; the kernel also turns unknown
@@ -52,7 +56,7 @@ pub mod step;
 pub mod store;
 pub mod switch;
 
-pub use early::{EarlyMount, EARLY_MOUNTS};
+pub use early::{EarlyMount, DEV_LINKS, EARLY_MOUNTS};
 pub use options::{options, split_mount_options};
 pub use step::{Role, Step};
 pub use switch::{NEXT_INIT_ENV, TIMINGS_PATH};
@@ -132,10 +136,12 @@ mod tests {
         "fuse",
         "virtiofs",
     ];
-    const TAIL: [&str; 6] = [
+    const TAIL: [&str; 8] = [
         "check-init",
         "move-mounts",
+        "dev-links",
         "carry",
+        "flavour",
         "prepare-root",
         "switch-root",
         "write-timings",
@@ -221,11 +227,17 @@ mod tests {
         );
         let n = plan.steps.len();
         assert_eq!(
-            plan.steps[n - 5],
+            plan.steps[n - 6],
             Step::MoveSpecialMounts {
                 new_root: "/sysroot".into(),
                 mounts: vec!["/dev".into(), "/proc".into(), "/sys".into(), "/run".into()],
             }
+        );
+        // Stage 1's /dev links, in the devtmpfs that moved, for every flavour.
+        assert_eq!(
+            plan.steps[n - 5].phases()[0].1,
+            "fd -> /proc/self/fd, stdin -> /proc/self/fd/0, stdout -> /proc/self/fd/1, \
+             stderr -> /proc/self/fd/2 in /sysroot/dev"
         );
         // Carried files go to the new root's /run, which exists only after the move.
         assert_eq!(

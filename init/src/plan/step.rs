@@ -102,12 +102,20 @@ pub enum Step {
         new_root: String,
         mounts: Vec<String>,
     },
+    /// Symlinks `dir/NAME -> TARGET` (stage 1's /dev links); one that cannot be made is a
+    /// warning (stage 2 boots without it, only its process substitution fails).
+    DeviceLinks {
+        dir: String,
+        links: Vec<(String, String)>,
+    },
     /// Move files carried into the initramfs (kexec: ssh host keys, addresses) from `from`
     /// to `to` in the new root's /run, when `from` exists. The kexec script appends them as
     /// one more archive at kexec time, so the initrd's configuration cannot name them.
     CarryFiles { from: String, to: String },
-    /// Detect the closure's flavour and prepare the new root for it (run `prepare-root`
-    /// beside `init`, when there is one).
+    /// Detect the closure's flavour (phase `flavour`), then prepare the new root for it
+    /// (phase `prepare-root`: run the `prepare-root` beside `init`, when there is one; or
+    /// phase `nixos-init`: what nixos-init's initrd-init does). Two phases of one step: the
+    /// flavour goes from one to the other as a value.
     PrepareRoot { new_root: String, init: String },
     /// Free the initramfs, make the new root `/`.
     SwitchRoot { new_root: String },
@@ -145,6 +153,12 @@ pub fn copy_text(from: &str, to: &str) -> String {
     format!("{from} -> {to}")
 }
 
+/// `fd -> /proc/self/fd, ... in DIR`: links made.
+pub fn links_text(dir: &str, links: &[(String, String)]) -> String {
+    let each: Vec<String> = links.iter().map(|(n, t)| format!("{n} -> {t}")).collect();
+    format!("{} in {dir}", each.join(", "))
+}
+
 impl Step {
     /// The name of the step's (first) phase, in log lines and in `step=` of the status line.
     pub fn name(&self) -> &'static str {
@@ -159,14 +173,16 @@ impl Step {
             Step::CheckInit { .. } => "check-init",
             Step::MoveSpecialMounts { .. } => "move-mounts",
             Step::CarryFiles { .. } => "carry",
-            Step::PrepareRoot { .. } => "prepare-root",
+            Step::DeviceLinks { .. } => "dev-links",
+            Step::PrepareRoot { .. } => "flavour",
             Step::SwitchRoot { .. } => "switch-root",
             Step::WriteTimings { .. } => "write-timings",
         }
     }
 
-    /// The step's phases, in order: each one's name and what it will do. Only a block
-    /// mount has two (the wait and the mount).
+    /// The step's phases, in order: each one's name and what it will do. A block mount has
+    /// two (the wait and the mount), and so has the root's preparation (the flavour, then
+    /// what it needs).
     pub fn phases(&self) -> Vec<(&'static str, String)> {
         let one = |text: String| vec![(self.name(), text)];
         match self {
@@ -211,9 +227,22 @@ impl Step {
                 one(format!("{} -> {new_root}", mounts.join(" ")))
             }
             Step::CarryFiles { from, to } => one(format!("{}, if any", copy_text(from, to))),
-            Step::PrepareRoot { new_root, init } => {
-                one(format!("prepare-root beside {init} in {new_root}, if any"))
-            }
+            Step::DeviceLinks { dir, links } => one(links_text(dir, links)),
+            Step::PrepareRoot { new_root, init } => vec![
+                (
+                    self.name(),
+                    format!(
+                        "of the closure of {init} in {new_root}: (a) a #! stage-2 script, \
+                         (b) prepare-root beside it, (c) nixos-init, or none"
+                    ),
+                ),
+                (
+                    "prepare-root",
+                    "what the flavour needs: prepare-root run, or nixos-init's preparation \
+                     (phase nixos-init), or nothing"
+                        .to_string(),
+                ),
+            ],
             Step::SwitchRoot { new_root } => one(format!("{new_root} becomes /")),
             Step::WriteTimings { path } => one(path.clone()),
         }

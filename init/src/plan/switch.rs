@@ -1,7 +1,7 @@
 //! The switch: which init comes next, the steps from checking it to writing the timings,
 //! and the exec.
 
-use super::{Exec, PlanError, Step, EARLY_MOUNTS, NEW_ROOT};
+use super::{Exec, PlanError, Step, DEV_LINKS, EARLY_MOUNTS, NEW_ROOT};
 use crate::cmdline::Options;
 use nixboot_protocol::InitrdConfig;
 
@@ -47,6 +47,14 @@ pub fn plan(init: &str, remount_read_only: bool) -> Vec<Step> {
         Step::MoveSpecialMounts {
             new_root: NEW_ROOT.into(),
             mounts: EARLY_MOUNTS.iter().map(|m| m.target.to_string()).collect(),
+        },
+        // In the devtmpfs that moved: stage 2 finds them, whatever the flavour.
+        Step::DeviceLinks {
+            dir: format!("{NEW_ROOT}/dev"),
+            links: DEV_LINKS
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.to_string()))
+                .collect(),
         },
         // After the move: /run is the new root's now, and stays the booted system's.
         Step::CarryFiles {
