@@ -313,3 +313,97 @@ fn the_nixos_agent_speaks_the_same_protocol() {
     let (out, off) = run("console=ttyS0 quiet\n");
     assert!(out.status.success() && !off);
 }
+
+/// The agent under a real systemd (Debian's 252, the NixOS-shaped scripted closure of
+/// `qemu_tests::nixos_closure`): the closure's toplevel derived with the agent's unit
+/// (after multi-user.target), the marker, and without the report unit (it powers off).
+#[test]
+fn real_systemd_runs_the_command_through_the_agent() {
+    use qemu_tests::nixos_closure::{self, Flavour, RealParts};
+    let test = "exec_real_systemd";
+    let Some(kit) = kit(test) else { return };
+    let parts = match RealParts::from_env() {
+        Ok(p) => p,
+        Err(e) => return artifacts::skip(test, &e),
+    };
+    let cache = std::env::var_os("NIXBOOT_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/nixboot")))
+        .unwrap();
+    let built = nixos_closure::build(&parts, &cache).expect("the NixOS-shaped store");
+    let store = kit.path("store");
+    sh(&format!(
+        "cp -al '{}' '{}'",
+        built.dir.display(),
+        store.display()
+    ));
+    let top = built.toplevel(Flavour::Scripted);
+    let top_name = top.trim_start_matches("/nix/store/");
+    let etc = std::fs::read_link(store.join(top_name).join("etc")).unwrap();
+    let etc_name = etc
+        .to_str()
+        .unwrap()
+        .trim_start_matches("/nix/store/")
+        .trim_end_matches("/etc");
+    let (new_etc, new_top) = (
+        fake_store_name(test, "etc-exec"),
+        fake_store_name(test, "nixos-system-exec"),
+    );
+    let init = std::fs::read_to_string(store.join(top_name).join("init")).unwrap();
+    let bash = init.lines().next().unwrap().trim_start_matches("#!");
+    let path = init
+        .split("PATH=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let unit = format!(
+        "[Unit]\nAfter=multi-user.target\nConditionKernelCommandLine=nixboot.exec\n\n\
+         [Service]\nType=oneshot\nEnvironment=PATH=/usr/bin:/usr/sbin:{path}\n\
+         ExecStart={bash} /nix/store/{new_top}/exec-agent.sh\nStandardError=journal+console\n"
+    );
+    let agent = artifacts::workspace_root().join("nixos/exec-agent.sh");
+    sh(&format!(
+        "set -e; cd '{s}'; cp -a --no-preserve=links {etc_name} {new_etc}; \
+         u={new_etc}/etc/systemd/system; rm -f $u/sysinit.target.wants/nixboot-report.service; \
+         printf '%s' '{unit}' > $u/nixboot-exec.service; \
+         ln -s /etc/systemd/system/nixboot-exec.service $u/multi-user.target.wants/; \
+         mkdir {new_top}; cp -P {top_name}/sw {top_name}/systemd {top_name}/kernel-params {new_top}/; \
+         ln -s /nix/store/{new_etc}/etc {new_top}/etc; \
+         sed 's/{top_name}/{new_top}/g; s/{etc_name}/{new_etc}/g' {top_name}/init > {new_top}/init; \
+         sed 's/{top_name}/{new_top}/g; s/{etc_name}/{new_etc}/g' {top_name}/activate > {new_top}/activate; \
+         chmod 755 {new_top}/init {new_top}/activate; cp '{agent}' {new_top}/exec-agent.sh; \
+         touch {new_top}/nixboot-exec-agent",
+        s = store.display(),
+        agent = agent.display()
+    ));
+    let initrd = kit.initrd(None, &["virtio_pci", "virtiofs", "virtio_console"]);
+    let c = ExecClosure {
+        initrd: kit.write_initrd("initrd", &initrd.bytes),
+        system: store.join(&new_top),
+        store,
+        kit,
+    };
+    let (out, _) = c.exec(
+        "echo out-$(id -un) $HOME; echo err-1 >&2; exit 3",
+        &[
+            "--append",
+            "systemd.show_status=error systemd.unit=multi-user.target",
+        ],
+    );
+    let ctx = c.context(&out);
+    assert_eq!(out.status.code(), Some(3), "{ctx}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "out-root /root\n",
+        "{ctx}"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err-1\n", "{ctx}");
+    assert!(c.console().contains("nixboot-exec-agent: ["), "{ctx}");
+}
+
+fn sh(script: &str) {
+    let st = Command::new("bash").arg("-c").arg(script).status().unwrap();
+    assert!(st.success(), "{script}");
+}
