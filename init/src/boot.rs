@@ -48,6 +48,9 @@ pub fn run() -> ! {
     for step in &plan.steps {
         boot.execute(step);
     }
+    if let Some(run) = &plan.command {
+        crate::exec::serve_unless_agent(run, &boot.timings);
+    }
     exec(&plan.exec, &boot.timings)
 }
 

@@ -59,6 +59,12 @@ pub struct Options {
     pub quiet: bool,
     /// Everything after a standalone `--`: handed to the next init untouched.
     pub init_args: Vec<String>,
+    /// `nixboot.exec=BASE64` (`nixboot-qemu --exec`): the command to run once booted
+    /// (`nixboot_protocol::exec`), decoded.
+    pub exec: Option<String>,
+    /// `nixboot.cwd=BASE64` (`nixboot-qemu --share-cwd`): where the share tagged `cwd` is
+    /// mounted read-write, decoded (an absolute path).
+    pub cwd: Option<String>,
     /// Malformed values of our keys, in command-line order (each value was ignored).
     pub warnings: Vec<String>,
 }
@@ -179,6 +185,8 @@ impl Default for Options {
             debug: false,
             quiet: false,
             init_args: Vec::new(),
+            exec: None,
+            cwd: None,
             warnings: Vec::new(),
         }
     }
@@ -378,6 +386,16 @@ fn apply_nixboot(o: &mut Options, key: &str, value: Option<&str>) -> Result<(), 
             Some(b) => o.debug = b,
             None => return Err(format!("{shown:?} is not a boolean, ignored")),
         },
+        "nixboot.exec" => match nixboot_protocol::exec::decode_command(shown) {
+            Ok(c) if !c.is_empty() => o.exec = Some(c),
+            Ok(_) => return Err("an empty command, ignored".into()),
+            Err(e) => return Err(format!("not a command in base64 ({e}), ignored")),
+        },
+        "nixboot.cwd" => match nixboot_protocol::exec::decode_command(shown) {
+            Ok(p) if p.starts_with('/') && p.len() > 1 && !p.contains('\0') => o.cwd = Some(p),
+            Ok(p) => return Err(format!("{p:?} is not an absolute path below /, ignored")),
+            Err(e) => return Err(format!("not a path in base64 ({e}), ignored")),
+        },
         // Our namespace: a typo here would otherwise go unnoticed.
         _ => {
             return Err(format!(
@@ -396,6 +414,8 @@ const NIXBOOT_KEYS: &[&str] = &[
     "nixboot.store_overlay",
     "nixboot.tmpfs_size",
     "nixboot.debug",
+    "nixboot.exec",
+    "nixboot.cwd",
 ];
 
 /// dracut's booleans: a bare key is `1`.
@@ -548,6 +568,27 @@ mod tests {
             key: k.into(),
             value: v.map(Into::into),
         }
+    }
+
+    #[test]
+    fn exec_carries_a_base64_command() {
+        let param = nixboot_protocol::exec::cmdline_param("echo 'a b'; exit 3");
+        let o = parse(&format!("init=/x {param}"));
+        assert_eq!(o.exec.as_deref(), Some("echo 'a b'; exit 3"));
+        assert!(o.warnings.is_empty(), "{:?}", o.warnings);
+        let bad = parse("nixboot.exec=not*base64");
+        assert_eq!(bad.exec, None);
+        assert!(
+            bad.warnings[0].starts_with("nixboot.exec: not a command"),
+            "{:?}",
+            bad.warnings
+        );
+        assert!(!parse("nixboot.exec=").warnings.is_empty());
+        let cwd = nixboot_protocol::exec::cwd_param("/home/me/src tree");
+        assert_eq!(parse(&cwd).cwd.as_deref(), Some("/home/me/src tree"));
+        let relative = nixboot_protocol::exec::cwd_param("src");
+        assert_eq!(parse(&relative).cwd, None);
+        assert_eq!(parse(&nixboot_protocol::exec::cwd_param("/")).cwd, None);
     }
 
     #[test]

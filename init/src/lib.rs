@@ -4,7 +4,7 @@
 //! The files are the boot's phases, in order: [`cmdline`], [`plan`] (what the boot will
 //! do, one planner per phase), [`modules`], the root and its shares ([`virtiofs`],
 //! [`block`], [`store`]), [`nixos`] (check-init, the closure flavours, prepare-root,
-//! nixos-init's preparation), then [`switch_root`]. [`boot`] runs the plan; [`mounts`],
+//! nixos-init's preparation), then [`switch_root`], and in command mode [`exec`]. [`boot`] runs the plan; [`mounts`],
 //! [`loop_device`] and [`wait`] (the one bounded-wait mechanism) serve the phases;
 //! [`report`] writes the console and timings; [`failure`] is the failure policy.
 //!
@@ -16,6 +16,7 @@ pub mod block;
 pub mod boot;
 pub mod cmdline;
 pub mod elf;
+pub mod exec;
 pub mod failure;
 pub mod log;
 pub mod loop_device;

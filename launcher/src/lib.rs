@@ -7,11 +7,13 @@
 //! - [`accel`]: KVM when it really works on this host, else TCG.
 //! - [`qemu`]: assembles the QEMU command line, streams and captures the console.
 //! - [`console`]: parses the init's status line, the probe's result, kernel panics.
+//! - [`exec`]: command mode's virtio-serial ports (`--exec`).
 //! - [`bootspec`]: reads `boot.json` and assembles the kernel command line.
 
 pub mod accel;
 pub mod bootspec;
 pub mod console;
+pub mod exec;
 pub mod qemu;
 pub mod virtiofsd;
 

@@ -4,12 +4,15 @@
 //! Exit status (README, "Exit status"): 0 the init reported status=ok and the guest stopped
 //! cleanly; 1 the boot failed (status=failed, kernel panic, no status line) or the launcher
 //! failed at run time (a file missing, QEMU or virtiofsd not starting); 2 usage error;
-//! 124 timeout.
+//! 124 timeout. With `--exec`: the command's status; 124 timeout; 125 the command's status
+//! never came (the guest did not start it within `--exec-timeout`, or stopped before it
+//! ended).
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use nixboot_launcher::bootspec::{self, BootSpec, KernelCmdline};
 use nixboot_launcher::console::Status;
+use nixboot_launcher::exec::{ExecPorts, ExecState};
 use nixboot_launcher::qemu::{self, Outcome, VmConfig};
 use nixboot_launcher::{Accel, Share};
 use std::io::IsTerminal;
@@ -21,6 +24,9 @@ const AFTER_HELP: &str = "\
 Exit status: 0 booted (the init said status=ok, the guest stopped cleanly); 1 the boot
 failed (status=failed, kernel panic, no status line) or the launcher failed (a file
 missing, QEMU or virtiofsd not starting); 2 usage error; 124 timeout.
+With --exec: the command's exit status; 124 --timeout; 125 the command's status never came
+(the guest did not start it within --exec-timeout, or stopped before it ended); 1 and 2 as
+above when the launcher itself fails.
 
 The console is on stdin/stdout; Ctrl-A x quits QEMU.
 NIXBOOT_ACCEL=kvm|tcg|auto picks the accelerator (default auto: KVM only if a trial boot
@@ -56,9 +62,18 @@ struct Cli {
     /// The store shared read-only as tag `store` (seen as /nix/store by the guest).
     #[arg(long, value_name = "DIR", default_value = "/nix/store")]
     store: PathBuf,
-    /// Extra read-write share, TAG=DIR (repeatable).
-    #[arg(long, value_name = "TAG=DIR")]
+    /// Extra share, TAG=DIR read-write or TAG=DIR:ro read-only (repeatable). The guest
+    /// mounts it by its tag (`mount -t virtiofs TAG DIR`, or NixOS's fileSystems).
+    #[arg(long, value_name = "TAG=DIR[:ro]")]
     share: Vec<String>,
+    /// Share the current directory read-write (tag `cwd`), mounted by nixboot's init at the
+    /// same path in the guest; with --exec the command runs there.
+    #[arg(long)]
+    share_cwd: bool,
+    /// The guest's network: `user` gives it a virtio-net NIC behind QEMU's user-mode NAT
+    /// (outbound connections; DHCP from 10.0.2.2); `none` (default) gives it no NIC.
+    #[arg(long, value_name = "MODE", default_value = "none")]
+    net: NetArg,
     /// Guest memory in MiB.
     #[arg(long, value_name = "MiB", default_value_t = 1024)]
     memory: u32,
@@ -85,9 +100,46 @@ struct Cli {
     /// `.ci/setup` built: $NIXBOOT_CACHE or ~/.cache/nixboot/virtiofsd-*/bin/virtiofsd].
     #[arg(long, value_name = "FILE", env = "NIXBOOT_VIRTIOFSD")]
     virtiofsd: Option<PathBuf>,
+    /// Command mode: boot, run CMD as root with a login shell (`sh -l -c CMD`; `bash -l -c`
+    /// on NixOS), its stdout and stderr on ours, apart from the console (which goes to a
+    /// file); exit with its status. Needs virtio_console in the initrd
+    /// (`mkinitrd --module virtio_console`) for closures without systemd.
+    #[arg(long, value_name = "CMD")]
+    exec: Option<String>,
+    /// With --exec: how long to wait for the guest to start the command (exit 125 after).
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout, default_value = "300", requires = "exec")]
+    exec_timeout: Duration,
+    /// With --exec: also show the console as it comes, on stderr.
+    #[arg(long, requires = "exec")]
+    console: bool,
+    /// With --exec: where the console is written [default: a new file in $TMPDIR, named
+    /// when something goes wrong].
+    #[arg(long, value_name = "FILE", requires = "exec")]
+    console_log: Option<PathBuf>,
     /// Arguments for the init (after ` -- ` on the kernel command line).
     #[arg(last = true, value_name = "ARGS")]
     init_args: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum NetArg {
+    None,
+    User,
+}
+
+/// QEMU's arguments for `--net`.
+fn net_args(net: NetArg) -> Vec<String> {
+    match net {
+        NetArg::None => Vec::new(),
+        NetArg::User => [
+            "-netdev",
+            "user,id=net0",
+            "-device",
+            "virtio-net-pci,netdev=net0",
+        ]
+        .map(String::from)
+        .to_vec(),
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -276,13 +328,29 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         check_path("modules", m, true, SETUP_HINT)?;
     }
 
+    let cwd = match cli.share_cwd {
+        true => Some(std::env::current_dir().context("--share-cwd: the current directory")?),
+        false => None,
+    };
+    let cwd = cwd
+        .map(|d| {
+            d.to_str()
+                .map(str::to_string)
+                .ok_or_else(|| usage(format!("--share-cwd: {} is not UTF-8", d.display())))
+        })
+        .transpose()?;
+    if cwd.as_deref() == Some("/") {
+        return Err(usage(
+            "--share-cwd: the current directory is /, which cannot be shared over the guest's root",
+        ));
+    }
     let cmdline = KernelCmdline {
         init,
         kernel_params: spec
             .as_ref()
             .map(|s| s.kernel_params.clone())
             .unwrap_or_default(),
-        append: cli.append.clone(),
+        append: exec_append(cli.append.as_deref(), cli.exec.as_deref(), cwd.as_deref()),
         init_args: cli.init_args.clone(),
     }
     .render();
@@ -290,6 +358,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let mut shares = vec![Share::new("store", &cli.store)?.readonly()];
     if let Some(m) = &cli.modules {
         shares.push(Share::new("modules", bootspec::modules_share_dir(m)?)?.readonly());
+    }
+    if let Some(d) = &cwd {
+        shares.push(Share::new(nixboot_protocol::exec::CWD_TAG, d)?);
     }
     for s in &cli.share {
         shares.push(s.parse().map_err(|e| usage(format!("--share {s}: {e}")))?);
@@ -307,6 +378,10 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Some(AccelArg::Tcg) => Some(Accel::Tcg),
     };
     cfg.timeout = cli.timeout;
+    cfg.extra_qemu_args.extend(net_args(cli.net));
+    if let Some(command) = &cli.exec {
+        return run_exec(cli, cfg, command);
+    }
     cfg.quiet = cli.quiet;
     cfg.interactive = true;
     eprintln!("nixboot-qemu: kernel command line: {}", cfg.cmdline);
@@ -325,6 +400,116 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     }
     eprintln!("nixboot-qemu: {summary}");
     Ok(ExitCode::from(code))
+}
+
+/// `--append`, then the shared working directory's and the command's parameters.
+fn exec_append(append: Option<&str>, exec: Option<&str>, cwd: Option<&str>) -> Option<String> {
+    let cwd = cwd.map(nixboot_protocol::exec::cwd_param);
+    let param = exec.map(nixboot_protocol::exec::cmdline_param);
+    let parts: Vec<&str> = append
+        .into_iter()
+        .chain(cwd.as_deref())
+        .chain(param.as_deref())
+        .collect();
+    (!parts.is_empty()).then(|| parts.join(" "))
+}
+
+/// After the command's status came, the guest has this long to power off.
+const POWEROFF_GRACE: Duration = Duration::from_secs(15);
+
+/// Command mode: the ports, the boot, the command's status as ours.
+fn run_exec(cli: &Cli, mut cfg: VmConfig, command: &str) -> anyhow::Result<ExitCode> {
+    let console = match &cli.console_log {
+        Some(p) => p.clone(),
+        None => tempfile::Builder::new()
+            .prefix("nixboot-qemu-")
+            .suffix(".console")
+            .tempfile()
+            .context("creating the console file")?
+            .into_temp_path()
+            .keep()
+            .context("keeping the console file")?,
+    };
+    cfg.console_file = Some(console.clone());
+    cfg.quiet = !cli.console;
+    cfg.console_to_stderr = true;
+    cfg.interactive = false;
+    let ports = ExecPorts::new()?;
+    cfg.extra_qemu_args.extend(ports.qemu_args());
+    let running = ports.start(Box::new(std::io::stdout()), Box::new(std::io::stderr()));
+    let exec_timeout = cli.exec_timeout;
+    let outcome = qemu::run_watched(&cfg, &mut |elapsed| {
+        let st = running.state();
+        match (st.started, st.exit) {
+            (_, Some((_, at))) if elapsed > at + POWEROFF_GRACE => {
+                Some("the guest did not power off after the command".into())
+            }
+            (None, None) if elapsed >= exec_timeout => Some("exec-timeout".into()),
+            _ => None,
+        }
+    });
+    let state = running.finish();
+    let outcome = outcome?;
+    let (code, message) = exec_verdict(&state, &outcome, exec_timeout, &console, command);
+    if let Some(m) = message {
+        eprintln!("nixboot-qemu: {m}");
+    }
+    Ok(ExitCode::from(code))
+}
+
+/// Command mode's exit status and, unless it is the command's, why.
+fn exec_verdict(
+    st: &ExecState,
+    o: &Outcome,
+    exec_timeout: Duration,
+    console: &Path,
+    command: &str,
+) -> (u8, Option<String>) {
+    let console = console.display();
+    if let Some((code, _)) = st.exit {
+        return (code, None);
+    }
+    let secs = o.elapsed.as_secs_f64();
+    if o.timed_out {
+        let when = if st.started.is_some() {
+            "while the command ran"
+        } else {
+            "before the guest started the command"
+        };
+        return (
+            124,
+            Some(format!(
+                "timed out after {secs:.1}s {when}; console: {console}"
+            )),
+        );
+    }
+    let port = nixboot_protocol::exec::STATUS_PORT;
+    if st.started.is_some() {
+        return (
+            125,
+            Some(format!(
+                "the guest stopped after {secs:.1}s before {command:?} ended (no exit status on \
+             virtio-serial port {port}); console: {console}"
+            )),
+        );
+    }
+    let why = if o.stopped.is_some() {
+        format!(
+            "gave up after --exec-timeout {}s",
+            exec_timeout.as_secs_f64()
+        )
+    } else {
+        let (_, boot) = verdict(o);
+        format!("QEMU exited after {secs:.1}s: {boot}")
+    };
+    (
+        125,
+        Some(format!(
+            "the guest never started {command:?}: waited for the runner (nixboot's init, or the \
+             closure's agent after multi-user.target) to say `started` on virtio-serial port \
+             {port}; {why}; console: {console}"
+        )),
+    )
 }
 
 /// The exit status and a one-line summary.
@@ -409,6 +594,7 @@ mod tests {
             panicked: f.panicked,
             powered_off: f.powered_off,
             timed_out,
+            stopped: None,
             elapsed: Duration::from_secs(3),
             accel: AccelChoice {
                 accel: Accel::Tcg,
@@ -453,6 +639,78 @@ mod tests {
         assert_eq!(
             verdict(&outcome("[ 0.0] Linux version 6.1\n", 0, false)).0,
             1
+        );
+    }
+
+    #[test]
+    fn exec_codes() {
+        let c = Path::new("/tmp/c.console");
+        let t = Duration::from_secs(9);
+        let done = ExecState {
+            started: Some(Duration::from_secs(1)),
+            exit: Some((3, Duration::from_secs(2))),
+        };
+        let off = "[ 2.0] reboot: Power down\r\n";
+        assert_eq!(
+            exec_verdict(&done, &outcome(off, 0, false), t, c, "x"),
+            (3, None)
+        );
+        // The status counts even when QEMU had to be stopped afterwards.
+        assert_eq!(exec_verdict(&done, &outcome("", 9, true), t, c, "x").0, 3);
+
+        let never = ExecState::default();
+        let failed =
+            "nixboot-status: status=failed step=check-init error=\"no init\" action=poweroff\n";
+        let (code, msg) = exec_verdict(&never, &outcome(failed, 0, false), t, c, "x");
+        assert_eq!(code, 125);
+        let msg = msg.unwrap();
+        assert!(
+            msg.contains("boot failed at step check-init: no init"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("nixboot.exec.status") && msg.contains("/tmp/c.console"),
+            "{msg}"
+        );
+        let mut stuck = outcome("", 9, false);
+        stuck.stopped = Some("exec-timeout".into());
+        let (code, msg) = exec_verdict(&never, &stuck, t, c, "x");
+        assert_eq!(code, 125);
+        assert!(msg.unwrap().contains("gave up after --exec-timeout 9s"));
+
+        let started = ExecState {
+            started: Some(Duration::from_secs(1)),
+            exit: None,
+        };
+        assert_eq!(
+            exec_verdict(&started, &outcome("", 0, false), t, c, "x").0,
+            125
+        );
+        assert_eq!(
+            exec_verdict(&started, &outcome("", 9, true), t, c, "x").0,
+            124
+        );
+    }
+
+    #[test]
+    fn user_networking_is_one_virtio_nic() {
+        assert!(net_args(NetArg::None).is_empty());
+        assert_eq!(
+            net_args(NetArg::User).join(" "),
+            "-netdev user,id=net0 -device virtio-net-pci,netdev=net0"
+        );
+    }
+
+    #[test]
+    fn the_command_goes_after_append() {
+        assert_eq!(exec_append(None, None, None), None);
+        assert_eq!(
+            exec_append(Some("quiet"), None, None).as_deref(),
+            Some("quiet")
+        );
+        assert_eq!(
+            exec_append(Some("quiet"), Some("true"), Some("/a")).as_deref(),
+            Some("quiet nixboot.cwd=L2E= nixboot.exec=dHJ1ZQ==")
         );
     }
 }

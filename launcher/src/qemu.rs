@@ -41,6 +41,11 @@ pub struct VmConfig {
     /// programs (an emergency shell); makes QEMU's stdin a pipe, so it wins over
     /// `interactive`.
     pub console_replies: Vec<(String, Vec<u8>)>,
+    /// The console is also written to this file as it arrives (command mode).
+    pub console_file: Option<PathBuf>,
+    /// Echo the console on our stderr instead of stdout (command mode: stdout is the
+    /// command's).
+    pub console_to_stderr: bool,
 }
 
 impl VmConfig {
@@ -60,6 +65,8 @@ impl VmConfig {
             interactive: false,
             extra_qemu_args: Vec::new(),
             console_replies: Vec::new(),
+            console_file: None,
+            console_to_stderr: false,
         }
     }
 }
@@ -80,6 +87,8 @@ pub struct Outcome {
     /// The kernel announced a power-off (as opposed to a reboot, e.g. after a panic).
     pub powered_off: bool,
     pub timed_out: bool,
+    /// Why the caller's watch ([`run_watched`]) stopped QEMU, when it did.
+    pub stopped: Option<String>,
     /// From QEMU's start to its exit.
     pub elapsed: Duration,
     pub accel: AccelChoice,
@@ -97,7 +106,7 @@ impl Outcome {
     /// QEMU exited by itself with status 0 (with -no-reboot: the guest powered off or
     /// rebooted).
     pub fn qemu_clean_exit(&self) -> bool {
-        !self.timed_out && self.qemu_exit.success()
+        !self.timed_out && self.stopped.is_none() && self.qemu_exit.success()
     }
 
     /// Time from the kernel's first line to the probe's report, when both were seen.
@@ -114,6 +123,15 @@ impl Outcome {
 
 /// Boots the VM and waits for QEMU to exit (or the timeout).
 pub fn run(cfg: &VmConfig) -> Result<Outcome> {
+    run_watched(cfg, &mut |_| None)
+}
+
+/// [`run`], asking `watch` every 20 ms while QEMU runs (with the time since its start)
+/// whether to stop it: `Some(reason)` kills QEMU and lands in [`Outcome::stopped`].
+pub fn run_watched(
+    cfg: &VmConfig,
+    watch: &mut dyn FnMut(Duration) -> Option<String>,
+) -> Result<Outcome> {
     for (what, p) in [
         ("kernel", Some(&cfg.kernel)),
         ("initrd", cfg.initrd.as_ref()),
@@ -140,10 +158,19 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome> {
         },
         None => accel::choose(&cfg.qemu, &cfg.kernel),
     };
-    eprintln!(
-        "nixboot-qemu: accelerator {} ({})",
-        accel.accel, accel.reason
-    );
+    if !cfg.quiet {
+        eprintln!(
+            "nixboot-qemu: accelerator {} ({})",
+            accel.accel, accel.reason
+        );
+    }
+    let console_file = match &cfg.console_file {
+        Some(p) => Some(
+            std::fs::File::create(p)
+                .map_err(|e| Error::io(format!("creating the console file {}", p.display()), e))?,
+        ),
+        None => None,
+    };
 
     let sockdir = tempfile::Builder::new()
         .prefix("nixboot-qemu.")
@@ -181,6 +208,11 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome> {
         .spawn()
         .map_err(|e| Error::io(format!("running {}", cfg.qemu.display()), e))?;
 
+    let echo = match (cfg.quiet, cfg.console_to_stderr) {
+        (true, _) => Echo::None,
+        (false, false) => Echo::Stdout,
+        (false, true) => Echo::Stderr,
+    };
     let quiet = cfg.quiet;
     let out = child.stdout.take();
     let replies = Replies {
@@ -188,7 +220,8 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome> {
         input: child.stdin.take(),
         search_from: 0,
     };
-    let console_thread = std::thread::spawn(move || read_console(out, start, quiet, replies));
+    let console_thread =
+        std::thread::spawn(move || read_console(out, start, echo, console_file, replies));
     let err = child.stderr.take();
     let stderr_thread: JoinHandle<Vec<u8>> = std::thread::spawn(move || {
         let mut sink = (!quiet).then(std::io::stderr);
@@ -203,6 +236,7 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome> {
     });
 
     let mut timed_out = false;
+    let mut stopped = None;
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break s,
@@ -211,6 +245,11 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome> {
         }
         if cfg.timeout.is_some_and(|t| start.elapsed() >= t) {
             timed_out = true;
+            let _ = child.kill();
+            break child.wait().map_err(|e| Error::io("waiting for QEMU", e))?;
+        }
+        if let Some(reason) = watch(start.elapsed()) {
+            stopped = Some(reason);
             let _ = child.kill();
             break child.wait().map_err(|e| Error::io("waiting for QEMU", e))?;
         }
@@ -239,6 +278,7 @@ pub fn run(cfg: &VmConfig) -> Result<Outcome> {
         panicked: facts.panicked,
         powered_off: facts.powered_off,
         timed_out,
+        stopped,
         elapsed,
         accel,
         kernel_started_at: console.kernel_started_at,
@@ -357,21 +397,35 @@ impl Replies {
     }
 }
 
-/// Streams the console to our stdout and keeps a copy, noting when key lines arrive and
+/// Where the console is echoed.
+#[derive(Clone, Copy)]
+enum Echo {
+    None,
+    Stdout,
+    Stderr,
+}
+
+/// Streams the console to our stdout (or stderr, or a file) and keeps a copy, noting when key lines arrive and
 /// answering [`VmConfig::console_replies`].
 fn read_console(
     out: Option<std::process::ChildStdout>,
     start: Instant,
-    quiet: bool,
+    echo: Echo,
+    mut file: Option<std::fs::File>,
     mut replies: Replies,
 ) -> Console {
     let mut c = Console::default();
     let mut line_start = 0;
-    let mut stdout = (!quiet).then(std::io::stdout);
     pump(out, |chunk| {
-        if let Some(s) = stdout.as_mut() {
-            let _ = s.write_all(chunk);
-            let _ = s.flush();
+        let _ = match echo {
+            Echo::None => Ok(()),
+            Echo::Stdout => std::io::stdout()
+                .write_all(chunk)
+                .and_then(|_| std::io::stdout().flush()),
+            Echo::Stderr => std::io::stderr().write_all(chunk),
+        };
+        if let Some(f) = file.as_mut() {
+            let _ = f.write_all(chunk);
         }
         c.bytes.extend_from_slice(chunk);
         replies.answer(&c.bytes);

@@ -69,12 +69,16 @@ impl Share {
 impl FromStr for Share {
     type Err = Error;
 
-    /// `TAG=DIR`.
+    /// `TAG=DIR`, read-write; `TAG=DIR:ro` read-only (`:rw` says read-write explicitly).
     fn from_str(s: &str) -> Result<Share> {
         let (tag, dir) = s
             .split_once('=')
-            .ok_or_else(|| Error::BadShare(s.to_string(), "expected TAG=DIR".into()))?;
-        Share::new(tag, dir)
+            .ok_or_else(|| Error::BadShare(s.to_string(), "expected TAG=DIR[:ro]".into()))?;
+        match (dir.strip_suffix(":ro"), dir.strip_suffix(":rw")) {
+            (Some(d), _) => Ok(Share::new(tag, d)?.readonly()),
+            (_, Some(d)) => Share::new(tag, d),
+            _ => Share::new(tag, dir),
+        }
     }
 }
 
@@ -253,5 +257,9 @@ mod tests {
             .parse::<Share>()
             .is_err());
         assert!("x=/nonexistent/dir".parse::<Share>().is_err());
+        let ro: Share = format!("src={}:ro", t.path().display()).parse().unwrap();
+        assert_eq!((ro.dir.as_path(), ro.readonly), (t.path(), true));
+        let rw: Share = format!("src={}:rw", t.path().display()).parse().unwrap();
+        assert_eq!((rw.dir.as_path(), rw.readonly), (t.path(), false));
     }
 }

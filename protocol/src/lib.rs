@@ -8,11 +8,15 @@
 //!   the init, read by the launcher, the tests and the bench.
 //! - [`timings`]: `/run/nixboot/timings.json`, written by the init, read through the probe
 //!   by the tests and the bench.
+//! - [`exec`]: command mode: `nixboot.exec=` on the kernel command line (written by the
+//!   launcher, read by the init's runner and the NixOS agent) and the virtio-serial ports
+//!   carrying the command's output and status back.
 //! - [`probe`]: the probe's `PROBE-RESULT {json}` report, written by the probe (the
 //!   synthetic stage 2), read by the launcher and the tests.
 
 pub mod bootspec;
 pub mod console;
+pub mod exec;
 pub mod initrd;
 pub mod probe;
 pub mod timings;

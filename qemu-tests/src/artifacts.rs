@@ -61,10 +61,29 @@ pub fn static_probe() -> Result<&'static Path, String> {
 /// JSON messages, so CARGO_TARGET_DIR and .cargo/config settings are honoured as cargo
 /// itself sees them.
 fn build_static(packages: &[&str]) -> Result<Vec<(String, PathBuf)>, String> {
+    cargo_build(&["--release", "--target", MUSL_TARGET], packages)
+}
+
+/// A host program of the workspace (`nixboot-qemu` of `nixboot-launcher`), built once per
+/// test process with the test's own profile: for tests that run a program of another
+/// package (CARGO_BIN_EXE_ only names the test's own package's).
+pub fn host_binary(package: &str, name: &str) -> Result<PathBuf, String> {
+    let release = !cfg!(debug_assertions);
+    let args: &[&str] = if release { &["--release"] } else { &[] };
+    cargo_build(args, &[package])?
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, p)| p)
+        .ok_or_else(|| format!("cargo built no executable named {name} in {package}"))
+}
+
+/// `cargo build ARGS -p ...`; the executables' paths come from cargo's JSON messages.
+fn cargo_build(args: &[&str], packages: &[&str]) -> Result<Vec<(String, PathBuf)>, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(workspace_root())
-        .args(["build", "--release", "--target", MUSL_TARGET])
+        .arg("build")
+        .args(args)
         .arg("--message-format=json-render-diagnostics");
     for p in packages {
         cmd.args(["-p", p]);
@@ -76,7 +95,8 @@ fn build_static(packages: &[&str]) -> Result<Vec<(String, PathBuf)>, String> {
         .map_err(|e| format!("running {}: {e}", Path::new(&cargo).display()))?;
     if !out.status.success() {
         return Err(format!(
-            "cargo build --release --target {MUSL_TARGET} -p {} failed ({})",
+            "cargo build {} -p {} failed ({})",
+            args.join(" "),
             packages.join(" -p "),
             out.status
         ));

@@ -80,6 +80,8 @@ pub struct Exec {
 pub struct Plan {
     pub steps: Vec<Step>,
     pub exec: Exec,
+    /// Command mode: run this instead of exec'ing the next init (unless it has an agent).
+    pub command: Option<switch::RunCommand>,
     /// Things worth telling the user that do not stop the boot (ignored options, ...).
     pub notes: Vec<String>,
 }
@@ -108,6 +110,7 @@ pub fn build(opts: &Options, config: &InitrdConfig) -> Result<Plan, PlanError> {
     steps.extend(switch::plan(&init, root.remount_read_only));
     Ok(Plan {
         steps,
+        command: switch::run_command(&init, opts),
         exec: switch::exec(init, opts),
         notes,
     })

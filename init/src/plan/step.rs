@@ -17,6 +17,8 @@ pub enum Role {
     /// The overlay itself on /nix/store.
     StoreOverlay,
     Modules,
+    /// The host's working directory (`nixboot.cwd=`).
+    Cwd,
 }
 
 impl Role {
@@ -27,6 +29,7 @@ impl Role {
             Role::StoreUpper => "mount-store-upper",
             Role::StoreOverlay => "mount-store-overlay",
             Role::Modules => "mount-modules",
+            Role::Cwd => "mount-cwd",
         }
     }
 

@@ -52,6 +52,17 @@ pub fn plan(opts: &Options, config: &InitrdConfig, notes: &mut Vec<String>) -> V
     if let Some(tag) = opts.modules.resolve(modules_default) {
         steps.push(share(opts, Role::Modules, tag, "/lib/modules"));
     }
+    // The host's working directory, read-write, at its own path (`--share-cwd`).
+    if let Some(path) = &opts.cwd {
+        steps.push(Step::MountVirtiofs {
+            role: Role::Cwd,
+            tag: nixboot_protocol::exec::CWD_TAG.into(),
+            target: format!("{NEW_ROOT}{path}"),
+            flags: MountFlags::empty(),
+            data: String::new(),
+            timeout: opts.timeout,
+        });
+    }
     steps
 }
 

@@ -87,6 +87,27 @@ in
       # What the init needs to reach the store (mkinitrd adds virtio_ring, virtio, fuse, ...).
       nixboot.initrd.kernelModules = [ "virtio_pci" "virtiofs" ];
 
+      # Command mode (`nixboot-qemu --exec CMD`, docs/contracts-internal.md): after
+      # multi-user.target the agent runs `nixboot.exec=`'s command and powers off. The
+      # marker beside `init` tells nixboot's init to leave the command to this agent
+      # (closures without it are served by the init itself). virtio_console, which carries
+      # the output, is loaded by udev from its modalias.
+      system.extraSystemBuilderCmds = ''
+        touch $out/nixboot-exec-agent
+      '';
+      systemd.services.nixboot-exec = {
+        description = "nixboot: run the command of nixboot-qemu --exec";
+        wantedBy = [ "multi-user.target" ];
+        after = [ "multi-user.target" ];
+        unitConfig.ConditionKernelCommandLine = "nixboot.exec";
+        path = [ pkgs.bash pkgs.coreutils config.systemd.package ];
+        serviceConfig = {
+          Type = "oneshot";
+          ExecStart = "${pkgs.bash}/bin/bash ${../../exec-agent.sh}";
+          StandardError = "journal+console";
+        };
+      };
+
       # No boot loader: the kernel and initrd are handed to QEMU/libvirt directly. (Weaker
       # than mkDefault, so that a second backend yields an assertion, not a conflict.)
       boot.loader.grub.enable = lib.mkOverride 1400 false;
