@@ -34,13 +34,19 @@ awk -v dir="$tmp" '
   /[^[:space:]]/ { d = "" }
 ' README.md > "$tmp/index"
 
-# The tiny closure of the `closure` directive: the probe as init, a boot.json naming it.
+# The tiny closure of the `closure` directive: the probe as init, a boot.json naming it,
+# busybox as its sw/bin/sh.
 make_closure() {
   local probe="${CARGO_TARGET_DIR:-$root/target}/x86_64-unknown-linux-musl/release/probe-init"
   [ -x "$probe" ] || cargo build --release --target x86_64-unknown-linux-musl -p probe-init >&2
   local name=r3adm3r3adm3r3adm3r3adm3r3adm3rr-readme-system
   mkdir -p "$tmp/store/$name"
   cp "$probe" "$tmp/store/$name/init"
+  # A shell for the command-mode block (the init runs `sw/bin/sh -l -c CMD` of a closure
+  # without an agent): Debian's static busybox.
+  mkdir -p "$tmp/store/$name/sw/bin"
+  cp "$(command -v busybox)" "$tmp/store/$name/sw/bin/busybox"
+  for t in sh uname echo cat; do ln -sf busybox "$tmp/store/$name/sw/bin/$t"; done
   cat > "$tmp/store/$name/boot.json" <<JSON
 {"org.nixos.bootspec.v1": {"init": "/nix/store/$name/init", "kernelParams": [],
  "label": "readme test", "system": "x86_64-linux", "toplevel": "/nix/store/$name"}}
