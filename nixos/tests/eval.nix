@@ -101,6 +101,14 @@ let
         (check (c.fileSystems."/src".fsType == "virtiofs" && elem "ro" c.fileSystems."/src".options)
           "mounts.shares: /src is virtiofs, read-only")
         (check (c.users.users.nixboot.isNormalUser) "user: nixboot exists")
+        (let u = c.systemd.services.nixboot-exec; in check
+          (elem "multi-user.target" u.wantedBy && elem "multi-user.target" u.after
+            && u.unitConfig.ConditionKernelCommandLine == "nixboot.exec"
+            && hasInfix "exec-agent.sh" u.serviceConfig.ExecStart)
+          "--exec agent: nixboot-exec.service after multi-user.target, only with nixboot.exec=, runs exec-agent.sh")
+      ] ++ lib.optionals readDrvs [
+        (check (hasInfix "nixboot-exec-agent" (drvText c.system.build.toplevel))
+          "--exec agent: the toplevel carries the nixboot-exec-agent marker the init looks for")
       ] ++ initrdFacts check c
       ++ lib.optionals readDrvs [
         (check (hasInfix "'--kernel-modules' '${c.system.modulesTree}/lib/modules/${kver}'" (drvText c.system.build.nixbootInitrd)
