@@ -70,6 +70,24 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The error's chain on one line, leaving out a cause that an outer message already
+/// quotes (io errors are often both in the message and its source): what the binaries
+/// (`nixboot-qemu`, `nixboot-bench`) print after "error: ".
+pub fn said_once(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// Children die with the thread that started them, so a killed test or launcher does not
 /// leave QEMU or virtiofsd behind (the starting thread outlives both on the normal path).
 pub(crate) fn die_with_parent(cmd: &mut std::process::Command) {
