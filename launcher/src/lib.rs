@@ -100,3 +100,22 @@ pub(crate) fn die_with_parent(cmd: &mut std::process::Command) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{said_once, Error};
+    use anyhow::Context;
+
+    #[test]
+    fn said_once_joins_the_chain_and_skips_quoted_causes() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let quoted = Error::io("opening x", io);
+        let e = Err::<(), _>(quoted)
+            .context("reading the spec")
+            .unwrap_err();
+        // The io error's text is already in "opening x: no such file".
+        assert_eq!(said_once(&e), "reading the spec: opening x: no such file");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(said_once(&e), "outer: inner");
+    }
+}
