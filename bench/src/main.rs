@@ -32,6 +32,7 @@ mod stats;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use nixboot_launcher::said_once;
 use peers::Kind;
 use qemu_tests::artifacts;
 use std::path::{Path, PathBuf};
@@ -145,22 +146,6 @@ fn usage_error(cli: &Cli) -> Option<String> {
         return Some("--initrds must include nixboot: every ratio is against it".into());
     }
     None
-}
-
-/// The error's chain on one line, leaving out a cause an outer message already quotes.
-fn said_once(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
 }
 
 /// Progress on stderr, with the time since the start.

@@ -70,6 +70,24 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The error's chain on one line, leaving out a cause that an outer message already
+/// quotes (io errors are often both in the message and its source): what the binaries
+/// (`nixboot-qemu`, `nixboot-bench`) print after "error: ".
+pub fn said_once(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// Children die with the thread that started them, so a killed test or launcher does not
 /// leave QEMU or virtiofsd behind (the starting thread outlives both on the normal path).
 pub(crate) fn die_with_parent(cmd: &mut std::process::Command) {
@@ -80,5 +98,24 @@ pub(crate) fn die_with_parent(cmd: &mut std::process::Command) {
             rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
                 .map_err(std::io::Error::from)
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{said_once, Error};
+    use anyhow::Context;
+
+    #[test]
+    fn said_once_joins_the_chain_and_skips_quoted_causes() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let quoted = Error::io("opening x", io);
+        let e = Err::<(), _>(quoted)
+            .context("reading the spec")
+            .unwrap_err();
+        // The io error's text is already in "opening x: no such file".
+        assert_eq!(said_once(&e), "reading the spec: opening x: no such file");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(said_once(&e), "outer: inner");
     }
 }

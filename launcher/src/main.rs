@@ -14,7 +14,7 @@ use nixboot_launcher::bootspec::{self, BootSpec, KernelCmdline};
 use nixboot_launcher::console::Status;
 use nixboot_launcher::exec::{ExecPorts, ExecState};
 use nixboot_launcher::qemu::{self, Outcome, VmConfig};
-use nixboot_launcher::{Accel, Share};
+use nixboot_launcher::{said_once, Accel, Share};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -188,23 +188,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error's chain on one line, leaving out a cause that an outer message already
-/// quotes (io errors are often both in the message and its source).
-fn said_once(e: &anyhow::Error) -> String {
-    let mut line = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if line.contains(&text) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(&text);
-    }
-    line
-}
-
 /// `path` must be an existing file of the given kind; the error names it and the cause.
 fn check_path(what: &str, path: &Path, dir: bool, hint: &str) -> anyhow::Result<()> {
     let meta = std::fs::metadata(path)
@@ -274,6 +257,48 @@ fn find_qemu(given: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let spec = boot_spec(cli)?;
+    check_path("store", &cli.store, true, "")?;
+    let init = guest_init(cli, spec.as_ref())?;
+    let (kernel, initrd) = kernel_and_initrd(cli, spec.as_ref())?;
+    if let Some(m) = &cli.modules {
+        check_path("modules", m, true, SETUP_HINT)?;
+    }
+
+    let cwd = shared_cwd(cli)?;
+    let cmdline = KernelCmdline {
+        init,
+        kernel_params: spec
+            .as_ref()
+            .map(|s| s.kernel_params.clone())
+            .unwrap_or_default(),
+        append: exec_append(cli.append.as_deref(), cli.exec.as_deref(), cwd.as_deref()),
+        init_args: cli.init_args.clone(),
+    }
+    .render();
+    let shares = shares(cli, cwd.as_deref())?;
+
+    let mut cfg = VmConfig::new(kernel, Some(initrd), cmdline);
+    cfg.qemu = find_qemu(&cli.qemu)?;
+    cfg.virtiofsd = find_virtiofsd(cli.virtiofsd.as_deref())?;
+    cfg.memory_mb = cli.memory;
+    cfg.cpus = cli.cpus;
+    cfg.shares = shares;
+    cfg.accel = match cli.accel {
+        None | Some(AccelArg::Auto) => None,
+        Some(AccelArg::Kvm) => Some(Accel::Kvm),
+        Some(AccelArg::Tcg) => Some(Accel::Tcg),
+    };
+    cfg.timeout = cli.timeout;
+    cfg.extra_qemu_args.extend(net_args(cli.net));
+    match &cli.exec {
+        Some(command) => run_exec(cli, cfg, command),
+        None => run_boot(cli, cfg),
+    }
+}
+
+/// The closure's (or `--boot-json`'s) boot.json, when there is one.
+fn boot_spec(cli: &Cli) -> anyhow::Result<Option<BootSpec>> {
     if let Some(c) = &cli.closure {
         check_path("closure", c, true, "")?;
     }
@@ -282,10 +307,13 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         (None, Some(c)) => Some(c.join("boot.json")).filter(|p| p.is_file()),
         (None, None) => None,
     };
-    let spec = boot_json.as_deref().map(BootSpec::load).transpose()?;
-    check_path("store", &cli.store, true, "")?;
+    Ok(boot_json.as_deref().map(BootSpec::load).transpose()?)
+}
 
-    let init = match (&cli.closure, &spec) {
+/// The guest path of the init to boot: the closure's, else boot.json's; none only when
+/// `--append` names one.
+fn guest_init(cli: &Cli, spec: Option<&BootSpec>) -> anyhow::Result<Option<String>> {
+    let init = match (&cli.closure, spec) {
         (Some(c), _) => Some(
             bootspec::guest_store_path(&c.join("init"), &cli.store)
                 .with_context(|| format!("the closure's init ({})", c.join("init").display()))?,
@@ -298,10 +326,14 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             "no init to boot: give --closure, --boot-json, or init=... in --append",
         ));
     }
+    Ok(init)
+}
 
+/// The kernel and initrd on the host: as given, else boot.json's (in `--store`); both
+/// must exist.
+fn kernel_and_initrd(cli: &Cli, spec: Option<&BootSpec>) -> anyhow::Result<(PathBuf, PathBuf)> {
     let from_spec = |f: fn(&BootSpec) -> Option<&String>| {
-        spec.as_ref()
-            .and_then(f)
+        spec.and_then(f)
             .map(|p| bootspec::host_store_path(p, &cli.store))
     };
     let kernel = cli
@@ -324,10 +356,11 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             )
         })?;
     check_path("initrd", &initrd, false, " (build one with mkinitrd)")?;
-    if let Some(m) = &cli.modules {
-        check_path("modules", m, true, SETUP_HINT)?;
-    }
+    Ok((kernel, initrd))
+}
 
+/// With `--share-cwd`: the current directory, which must be UTF-8 and not `/`.
+fn shared_cwd(cli: &Cli) -> anyhow::Result<Option<String>> {
     let cwd = match cli.share_cwd {
         true => Some(std::env::current_dir().context("--share-cwd: the current directory")?),
         false => None,
@@ -344,44 +377,26 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             "--share-cwd: the current directory is /, which cannot be shared over the guest's root",
         ));
     }
-    let cmdline = KernelCmdline {
-        init,
-        kernel_params: spec
-            .as_ref()
-            .map(|s| s.kernel_params.clone())
-            .unwrap_or_default(),
-        append: exec_append(cli.append.as_deref(), cli.exec.as_deref(), cwd.as_deref()),
-        init_args: cli.init_args.clone(),
-    }
-    .render();
+    Ok(cwd)
+}
 
+/// The store (read-only), the modules, the working directory, then `--share`s.
+fn shares(cli: &Cli, cwd: Option<&str>) -> anyhow::Result<Vec<Share>> {
     let mut shares = vec![Share::new("store", &cli.store)?.readonly()];
     if let Some(m) = &cli.modules {
         shares.push(Share::new("modules", bootspec::modules_share_dir(m)?)?.readonly());
     }
-    if let Some(d) = &cwd {
+    if let Some(d) = cwd {
         shares.push(Share::new(nixboot_protocol::exec::CWD_TAG, d)?);
     }
     for s in &cli.share {
         shares.push(s.parse().map_err(|e| usage(format!("--share {s}: {e}")))?);
     }
+    Ok(shares)
+}
 
-    let mut cfg = VmConfig::new(kernel, Some(initrd), cmdline);
-    cfg.qemu = find_qemu(&cli.qemu)?;
-    cfg.virtiofsd = find_virtiofsd(cli.virtiofsd.as_deref())?;
-    cfg.memory_mb = cli.memory;
-    cfg.cpus = cli.cpus;
-    cfg.shares = shares;
-    cfg.accel = match cli.accel {
-        None | Some(AccelArg::Auto) => None,
-        Some(AccelArg::Kvm) => Some(Accel::Kvm),
-        Some(AccelArg::Tcg) => Some(Accel::Tcg),
-    };
-    cfg.timeout = cli.timeout;
-    cfg.extra_qemu_args.extend(net_args(cli.net));
-    if let Some(command) = &cli.exec {
-        return run_exec(cli, cfg, command);
-    }
+/// Boot mode: the console on the terminal, the boot's verdict as our status.
+fn run_boot(cli: &Cli, mut cfg: VmConfig) -> anyhow::Result<ExitCode> {
     cfg.quiet = cli.quiet;
     cfg.interactive = true;
     eprintln!("nixboot-qemu: kernel command line: {}", cfg.cmdline);

@@ -132,38 +132,8 @@ pub fn run_watched(
     cfg: &VmConfig,
     watch: &mut dyn FnMut(Duration) -> Option<String>,
 ) -> Result<Outcome> {
-    for (what, p) in [
-        ("kernel", Some(&cfg.kernel)),
-        ("initrd", cfg.initrd.as_ref()),
-    ] {
-        if let Some(p) = p {
-            if !p.is_file() {
-                return Err(Error::Config(format!(
-                    "{what} {} does not exist",
-                    p.display()
-                )));
-            }
-        }
-    }
-    let mut tags: Vec<&str> = cfg.shares.iter().map(|s| s.tag.as_str()).collect();
-    tags.sort_unstable();
-    if tags.windows(2).any(|w| w[0] == w[1]) {
-        return Err(Error::Config(format!("duplicate share tags: {tags:?}")));
-    }
-
-    let accel = match cfg.accel {
-        Some(a) => AccelChoice {
-            accel: a,
-            reason: "chosen by the caller".into(),
-        },
-        None => accel::choose(&cfg.qemu, &cfg.kernel),
-    };
-    if !cfg.quiet {
-        eprintln!(
-            "nixboot-qemu: accelerator {} ({})",
-            accel.accel, accel.reason
-        );
-    }
+    check_config(cfg)?;
+    let accel = pick_accel(cfg);
     let console_file = match &cfg.console_file {
         Some(p) => Some(
             std::fs::File::create(p)
@@ -176,90 +146,14 @@ pub fn run_watched(
         .prefix("nixboot-qemu.")
         .tempdir()
         .map_err(|e| Error::io("creating a socket directory", e))?;
-    let mut daemons = Vec::new();
-    for (i, share) in cfg.shares.iter().enumerate() {
-        let sock = sockdir.path().join(format!("vfs{i}.sock"));
-        daemons.push(Virtiofsd::start(
-            &cfg.virtiofsd,
-            share,
-            &sock,
-            VIRTIOFSD_START_TIMEOUT,
-        )?);
-    }
+    let daemons = start_daemons(cfg, sockdir.path())?;
 
-    let args = qemu_args(cfg, accel.accel, &daemons);
-    let mut cmd = Command::new(&cfg.qemu);
-    cmd.args(&args)
-        .stdin(if !cfg.console_replies.is_empty() {
-            Stdio::piped()
-        } else if cfg.interactive {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    crate::die_with_parent(&mut cmd);
-    if cfg.interactive && std::io::stdin().is_terminal() {
-        eprintln!("nixboot-qemu: the console takes your keyboard; Ctrl-A x quits QEMU");
-    }
-    let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::io(format!("running {}", cfg.qemu.display()), e))?;
-
-    let echo = match (cfg.quiet, cfg.console_to_stderr) {
-        (true, _) => Echo::None,
-        (false, false) => Echo::Stdout,
-        (false, true) => Echo::Stderr,
-    };
-    let quiet = cfg.quiet;
-    let out = child.stdout.take();
-    let replies = Replies {
-        pending: cfg.console_replies.clone().into(),
-        input: child.stdin.take(),
-        search_from: 0,
-    };
-    let console_thread =
-        std::thread::spawn(move || read_console(out, start, echo, console_file, replies));
-    let err = child.stderr.take();
-    let stderr_thread: JoinHandle<Vec<u8>> = std::thread::spawn(move || {
-        let mut sink = (!quiet).then(std::io::stderr);
-        let mut all = Vec::new();
-        pump(err, |chunk| {
-            if let Some(s) = sink.as_mut() {
-                let _ = s.write_all(chunk);
-            }
-            all.extend_from_slice(chunk);
-        });
-        all
-    });
-
-    let mut timed_out = false;
-    let mut stopped = None;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) => {}
-            Err(e) => return Err(Error::io("waiting for QEMU", e)),
-        }
-        if cfg.timeout.is_some_and(|t| start.elapsed() >= t) {
-            timed_out = true;
-            let _ = child.kill();
-            break child.wait().map_err(|e| Error::io("waiting for QEMU", e))?;
-        }
-        if let Some(reason) = watch(start.elapsed()) {
-            stopped = Some(reason);
-            let _ = child.kill();
-            break child.wait().map_err(|e| Error::io("waiting for QEMU", e))?;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let (mut child, start) = spawn_qemu(cfg, accel.accel, &daemons)?;
+    let readers = Readers::spawn(cfg, &mut child, start, console_file);
+    let (status, timed_out, stopped) = wait_qemu(cfg, &mut child, start, watch)?;
     let elapsed = start.elapsed();
 
-    let console = console_thread.join().unwrap_or_default();
-    let qemu_stderr =
-        String::from_utf8_lossy(&stderr_thread.join().unwrap_or_default()).into_owned();
+    let (console, qemu_stderr) = readers.join();
     let mut virtiofsd_logs = Vec::new();
     for mut d in daemons {
         d.stop();
@@ -287,6 +181,174 @@ pub fn run_watched(
         warnings: facts.warnings,
         virtiofsd_logs,
     })
+}
+
+/// What can be told wrong before starting anything: missing kernel or initrd, a share tag
+/// given twice.
+fn check_config(cfg: &VmConfig) -> Result<()> {
+    for (what, p) in [
+        ("kernel", Some(&cfg.kernel)),
+        ("initrd", cfg.initrd.as_ref()),
+    ] {
+        if let Some(p) = p {
+            if !p.is_file() {
+                return Err(Error::Config(format!(
+                    "{what} {} does not exist",
+                    p.display()
+                )));
+            }
+        }
+    }
+    let mut tags: Vec<&str> = cfg.shares.iter().map(|s| s.tag.as_str()).collect();
+    tags.sort_unstable();
+    if tags.windows(2).any(|w| w[0] == w[1]) {
+        return Err(Error::Config(format!("duplicate share tags: {tags:?}")));
+    }
+    Ok(())
+}
+
+/// The caller's accelerator, else [`accel::choose`]'s; said unless quiet.
+fn pick_accel(cfg: &VmConfig) -> AccelChoice {
+    let accel = match cfg.accel {
+        Some(a) => AccelChoice {
+            accel: a,
+            reason: "chosen by the caller".into(),
+        },
+        None => accel::choose(&cfg.qemu, &cfg.kernel),
+    };
+    if !cfg.quiet {
+        eprintln!(
+            "nixboot-qemu: accelerator {} ({})",
+            accel.accel, accel.reason
+        );
+    }
+    accel
+}
+
+/// One virtiofsd per share, each with its socket in `sockdir`.
+fn start_daemons(cfg: &VmConfig, sockdir: &Path) -> Result<Vec<Virtiofsd>> {
+    let mut daemons = Vec::new();
+    for (i, share) in cfg.shares.iter().enumerate() {
+        let sock = sockdir.join(format!("vfs{i}.sock"));
+        daemons.push(Virtiofsd::start(
+            &cfg.virtiofsd,
+            share,
+            &sock,
+            VIRTIOFSD_START_TIMEOUT,
+        )?);
+    }
+    Ok(daemons)
+}
+
+/// Starts QEMU with piped output (stdin piped for console replies, the terminal when
+/// interactive); returns it with its start time.
+fn spawn_qemu(
+    cfg: &VmConfig,
+    accel: Accel,
+    daemons: &[Virtiofsd],
+) -> Result<(std::process::Child, Instant)> {
+    let args = qemu_args(cfg, accel, daemons);
+    let mut cmd = Command::new(&cfg.qemu);
+    cmd.args(&args)
+        .stdin(if !cfg.console_replies.is_empty() {
+            Stdio::piped()
+        } else if cfg.interactive {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    crate::die_with_parent(&mut cmd);
+    if cfg.interactive && std::io::stdin().is_terminal() {
+        eprintln!("nixboot-qemu: the console takes your keyboard; Ctrl-A x quits QEMU");
+    }
+    let start = Instant::now();
+    let child = cmd
+        .spawn()
+        .map_err(|e| Error::io(format!("running {}", cfg.qemu.display()), e))?;
+    Ok((child, start))
+}
+
+/// The threads reading QEMU's console (stdout) and stderr while it runs.
+struct Readers {
+    console: JoinHandle<Console>,
+    stderr: JoinHandle<Vec<u8>>,
+}
+
+impl Readers {
+    fn spawn(
+        cfg: &VmConfig,
+        child: &mut std::process::Child,
+        start: Instant,
+        console_file: Option<std::fs::File>,
+    ) -> Self {
+        let echo = match (cfg.quiet, cfg.console_to_stderr) {
+            (true, _) => Echo::None,
+            (false, false) => Echo::Stdout,
+            (false, true) => Echo::Stderr,
+        };
+        let quiet = cfg.quiet;
+        let out = child.stdout.take();
+        let replies = Replies {
+            pending: cfg.console_replies.clone().into(),
+            input: child.stdin.take(),
+            search_from: 0,
+        };
+        let console =
+            std::thread::spawn(move || read_console(out, start, echo, console_file, replies));
+        let err = child.stderr.take();
+        let stderr: JoinHandle<Vec<u8>> = std::thread::spawn(move || {
+            let mut sink = (!quiet).then(std::io::stderr);
+            let mut all = Vec::new();
+            pump(err, |chunk| {
+                if let Some(s) = sink.as_mut() {
+                    let _ = s.write_all(chunk);
+                }
+                all.extend_from_slice(chunk);
+            });
+            all
+        });
+        Readers { console, stderr }
+    }
+
+    /// The console as read, and QEMU's stderr as text (once QEMU has exited).
+    fn join(self) -> (Console, String) {
+        let console = self.console.join().unwrap_or_default();
+        let stderr = String::from_utf8_lossy(&self.stderr.join().unwrap_or_default()).into_owned();
+        (console, stderr)
+    }
+}
+
+/// Waits for QEMU to exit, killing it at the timeout or when `watch` says so; returns its
+/// status, whether it timed out, and `watch`'s reason.
+fn wait_qemu(
+    cfg: &VmConfig,
+    child: &mut std::process::Child,
+    start: Instant,
+    watch: &mut dyn FnMut(Duration) -> Option<String>,
+) -> Result<(ExitStatus, bool, Option<String>)> {
+    let mut timed_out = false;
+    let mut stopped = None;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) => {}
+            Err(e) => return Err(Error::io("waiting for QEMU", e)),
+        }
+        if cfg.timeout.is_some_and(|t| start.elapsed() >= t) {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().map_err(|e| Error::io("waiting for QEMU", e))?;
+        }
+        if let Some(reason) = watch(start.elapsed()) {
+            stopped = Some(reason);
+            let _ = child.kill();
+            break child.wait().map_err(|e| Error::io("waiting for QEMU", e))?;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok((status, timed_out, stopped))
 }
 
 /// The QEMU command line (without the binary).

@@ -95,91 +95,52 @@ pub struct Virtiofsd {
 impl Virtiofsd {
     /// Starts virtiofsd and waits (at most `timeout`) until it listens on `socket`.
     pub fn start(bin: &Path, share: &Share, socket: &Path, timeout: Duration) -> Result<Self> {
-        let fail = |reason: String, log: String| Error::VirtiofsdStart {
-            tag: share.tag.clone(),
-            dir: share.dir.clone(),
-            reason,
-            log,
-        };
-        let mut cmd = Command::new(bin);
-        cmd.arg(format!("--socket-path={}", socket.display()))
-            .arg(format!("--shared-dir={}", share.dir.display()))
-            // As root without namespaces: the namespace sandbox needs privileges CI
-            // containers rarely grant, and the guest is ours anyway.
-            .arg("--sandbox=none")
-            // The host may change the shared files between boots (tests rebuild them).
-            .arg(if share.immutable {
-                "--cache=always"
-            } else {
-                "--cache=never"
-            })
-            .arg("--log-level=warn");
-        if share.readonly {
-            cmd.arg("--readonly");
-        }
-        // Its own process group: a Ctrl-C typed at the launcher's terminal must not kill
-        // the daemon under a running guest; we stop it ourselves.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        crate::die_with_parent(&mut cmd);
-        let mut child = cmd
+        let mut child = command(bin, share, socket)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| fail(format!("cannot run {}: {e}", bin.display()), String::new()))?;
-
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let mut threads = Vec::new();
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let log = Arc::clone(&log);
-            threads.push(std::thread::spawn(move || collect(stream, &log)));
-        }
-        let log_thread = Some(std::thread::spawn(move || {
-            for t in threads {
-                let _ = t.join();
-            }
-        }));
-        let mut me = Virtiofsd {
+            .map_err(|e| {
+                start_error(
+                    share,
+                    format!("cannot run {}: {e}", bin.display()),
+                    String::new(),
+                )
+            })?;
+        let (log, log_thread) = collect_output(&mut child);
+        let me = Virtiofsd {
             share: share.clone(),
             socket: socket.to_path_buf(),
             child: Some(child),
             log,
-            log_thread,
+            log_thread: Some(log_thread),
         };
+        me.wait_listening(timeout)
+    }
 
+    /// Returns `self` once its socket exists; fails (with its output) when it exits first
+    /// or `timeout` passes.
+    fn wait_listening(mut self, timeout: Duration) -> Result<Self> {
         let deadline = Instant::now() + timeout;
         loop {
-            if socket.exists() {
-                return Ok(me);
+            if self.socket.exists() {
+                return Ok(self);
             }
-            if let Some(child) = me.child.as_mut() {
+            if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    me.child = None;
-                    me.join_log();
-                    return Err(fail(format!("exited with {status}"), me.log()));
+                    self.child = None;
+                    self.join_log();
+                    let reason = format!("exited with {status}");
+                    return Err(start_error(&self.share, reason, self.log()));
                 }
             }
             if Instant::now() >= deadline {
-                me.stop();
-                return Err(fail(
-                    format!(
-                        "its socket {} did not appear within {timeout:?}",
-                        socket.display()
-                    ),
-                    me.log(),
-                ));
+                self.stop();
+                let reason = format!(
+                    "its socket {} did not appear within {timeout:?}",
+                    self.socket.display()
+                );
+                return Err(start_error(&self.share, reason, self.log()));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -218,6 +179,68 @@ impl Virtiofsd {
             let _ = t.join();
         }
     }
+}
+
+fn start_error(share: &Share, reason: String, log: String) -> Error {
+    Error::VirtiofsdStart {
+        tag: share.tag.clone(),
+        dir: share.dir.clone(),
+        reason,
+        log,
+    }
+}
+
+/// The virtiofsd command line for `share`, listening on `socket`.
+fn command(bin: &Path, share: &Share, socket: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.arg(format!("--socket-path={}", socket.display()))
+        .arg(format!("--shared-dir={}", share.dir.display()))
+        // As root without namespaces: the namespace sandbox needs privileges CI
+        // containers rarely grant, and the guest is ours anyway.
+        .arg("--sandbox=none")
+        // The host may change the shared files between boots (tests rebuild them).
+        .arg(if share.immutable {
+            "--cache=always"
+        } else {
+            "--cache=never"
+        })
+        .arg("--log-level=warn");
+    if share.readonly {
+        cmd.arg("--readonly");
+    }
+    // Its own process group: a Ctrl-C typed at the launcher's terminal must not kill
+    // the daemon under a running guest; we stop it ourselves.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    crate::die_with_parent(&mut cmd);
+    cmd
+}
+
+/// Collects the child's stdout and stderr into one log; the thread ends when both close.
+fn collect_output(child: &mut Child) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let mut threads = Vec::new();
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let log = Arc::clone(&log);
+        threads.push(std::thread::spawn(move || collect(stream, &log)));
+    }
+    let log_thread = std::thread::spawn(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    });
+    (log, log_thread)
 }
 
 impl Drop for Virtiofsd {
