@@ -217,7 +217,7 @@ fn start_guest(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    die_with_parent(&mut cmd);
+    nixboot_launcher::die_with_parent(&mut cmd);
     let mut child = cmd.spawn().context("starting QEMU")?;
     let out = child.stdout.take();
     let console = std::thread::spawn(move || read_console(i, out, &tx));
@@ -356,18 +356,6 @@ pub fn smaps_rollup(pid: i32) -> Option<Mem> {
         }
     }
     Some(m)
-}
-
-/// QEMU dies with the bench (as the launcher library does for its children).
-fn die_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-                .map_err(std::io::Error::from)
-        });
-    }
 }
 
 #[cfg(test)]

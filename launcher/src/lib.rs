@@ -90,7 +90,7 @@ pub fn said_once(e: &anyhow::Error) -> String {
 
 /// Children die with the thread that started them, so a killed test or launcher does not
 /// leave QEMU or virtiofsd behind (the starting thread outlives both on the normal path).
-pub(crate) fn die_with_parent(cmd: &mut std::process::Command) {
+pub fn die_with_parent(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {
