@@ -525,6 +525,20 @@ fn embed_store_packs_the_closure_under_nix_store() {
         b"a store path that is a file"
     );
 
+    // The same embedding command, with the store-path selection varied below.
+    let embed = || {
+        let mut c = mkinitrd();
+        c.arg("--closure")
+            .arg(&sys)
+            .arg("--init")
+            .arg(static_init(tmp.path()));
+        c.arg("-o")
+            .arg(&out)
+            .arg("--embed-store")
+            .arg("--store-dir")
+            .arg(&store);
+        c
+    };
     // A store-paths file selects; the closure must be in it.
     let list = tmp.path().join("store-paths");
     fs::write(
@@ -532,18 +546,7 @@ fn embed_store_packs_the_closure_under_nix_store() {
         "/nix/store/1111aaaa-nixos-system-embedded\n/nix/store/2222bbbb-lib\n",
     )
     .unwrap();
-    let (ok, _, err) = run(mkinitrd()
-        .arg("--closure")
-        .arg(&sys)
-        .arg("--init")
-        .arg(static_init(tmp.path()))
-        .arg("-o")
-        .arg(&out)
-        .arg("--embed-store")
-        .arg("--store-dir")
-        .arg(&store)
-        .arg("--store-paths")
-        .arg(&list));
+    let (ok, _, err) = run(embed().arg("--store-paths").arg(&list));
     assert!(ok, "{err}");
     let e = entries(&out);
     assert!(e.contains_key("nix/store/2222bbbb-lib/share/data"));
@@ -552,32 +555,11 @@ fn embed_store_packs_the_closure_under_nix_store() {
     let info = tmp.path().join("closure-info");
     fs::create_dir(&info).unwrap();
     fs::copy(&list, info.join("store-paths")).unwrap();
-    let (ok, _, err) = run(mkinitrd()
-        .env("NIXBOOT_CLOSURE_INFO", &info)
-        .arg("--closure")
-        .arg(&sys)
-        .arg("--init")
-        .arg(static_init(tmp.path()))
-        .arg("-o")
-        .arg(&out)
-        .arg("--embed-store")
-        .arg("--store-dir")
-        .arg(&store));
+    let (ok, _, err) = run(embed().env("NIXBOOT_CLOSURE_INFO", &info));
     assert!(ok, "{err}");
     assert!(err.contains("2 store paths"), "{err}");
     fs::write(&list, "/nix/store/2222bbbb-lib\n").unwrap();
-    let (ok, _, err) = run(mkinitrd()
-        .arg("--closure")
-        .arg(&sys)
-        .arg("--init")
-        .arg(static_init(tmp.path()))
-        .arg("-o")
-        .arg(&out)
-        .arg("--embed-store")
-        .arg("--store-dir")
-        .arg(&store)
-        .arg("--store-paths")
-        .arg(&list));
+    let (ok, _, err) = run(embed().arg("--store-paths").arg(&list));
     assert!(!ok);
     assert!(err.contains("1111aaaa-nixos-system-embedded"), "{err}");
 }
