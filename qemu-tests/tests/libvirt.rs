@@ -225,8 +225,8 @@ fn start_virtiofsd(argv: &[String], binary: &Path, socket: &Path) -> Virtiofsd {
         assert!(Instant::now() < deadline, "no socket {}", socket.display());
         std::thread::sleep(Duration::from_millis(50));
     }
-    // virtiofsd gave the socket to QEMU's group (--socket-group); its mode follows our umask,
-    // which the units set to 0007. Here: make it group-writable (connect needs write).
+    // The socket took QEMU's group from its setgid directory (socket_dir); its mode follows
+    // the umask, which the units set to 0007. Here: make it group-writable (connect needs it).
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o770)).unwrap();
     v
 }
@@ -323,6 +323,15 @@ fn setup(test: &str) -> Option<Setup> {
 }
 
 impl Setup {
+    /// The virtiofsd sockets' directory as the controller's tmpfiles rule makes it: setgid,
+    /// group QEMU's, so that every socket in it is QEMU's group's.
+    fn socket_dir(&self) -> PathBuf {
+        let d = self.dir("sockets");
+        run_ok(Command::new("chgrp").arg(QEMU_GROUP).arg(&d)).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o2750)).unwrap();
+        d
+    }
+
     fn dir(&self, name: &str) -> PathBuf {
         let d = self.kit.path(name);
         std::fs::create_dir_all(&d).unwrap();
@@ -362,7 +371,7 @@ impl Setup {
             "guest": guest,
             "controller": {
                 "imageDir": self.dir("images"),
-                "virtiofsdSocketDir": self.dir("sockets"),
+                "virtiofsdSocketDir": self.kit.path("sockets"),
                 "interface": { "type": "network", "source": NETWORK },
             },
             "boot": boot,
@@ -508,7 +517,7 @@ fn libvirt_imageless_guest_boots_and_cannot_write_its_store() {
     let modules = nixboot_launcher::bootspec::modules_share_dir(&s.kit.env.modules).unwrap();
     let console_log = s.kit.path("imageless-console.log");
     let images = s.dir("images");
-    let sockets = s.dir("sockets");
+    let sockets = s.socket_dir();
     let cmdline = guest_cmdline(&init, "root=tmpfs");
     let name = "nixboot-test-imageless";
     let disks = json!({
@@ -524,8 +533,7 @@ fn libvirt_imageless_guest_boots_and_cannot_write_its_store() {
                         "consoleLog": console_log, "disks": disks });
     let socket = |tag: &str| sockets.join(format!("{name}-{tag}.sock"));
     let share = |tag: &str, source: &Path| {
-        json!({ "virtiofsd": "virtiofsd", "socket": socket(tag), "source": source,
-                "socketGroup": QEMU_GROUP })
+        json!({ "virtiofsd": "virtiofsd", "socket": socket(tag), "source": source })
     };
     let disk = |d: &str| {
         json!({ "qemuImg": "qemu-img", "size": "64M",
