@@ -269,10 +269,11 @@ let
             && !hasInfix "<source dir='/nix/store'/>" g.imageless.xml)
             "libvirt ${v} (< 11, no read-only virtiofs): store and read-only shares attached by the controller's virtiofsd sockets, no <readonly/>")
           (check (hasInfix "--readonly" store.serviceConfig.ExecStart && hasInfix "--shared-dir=/nix/store" store.serviceConfig.ExecStart
-            && hasInfix "--socket-group=qemu-libvirtd" store.serviceConfig.ExecStart && store.serviceConfig.User == "nixboot-virtiofsd"
+            && elem "d /run/nixboot-virtiofsd 2750 nixboot-virtiofsd qemu-libvirtd - -" c.systemd.tmpfiles.rules
+            && store.serviceConfig.UMask == "0007" && store.serviceConfig.User == "nixboot-virtiofsd"
             && hasInfix "--shared-dir=/home/nixboot/src" src.serviceConfig.ExecStart
             && elem "nixboot-virtiofsd-imageless-store.service" unit.requires && c.users.users.nixboot-virtiofsd.isSystemUser)
-            "nixboot-virtiofsd-imageless-{store,src}: virtiofsd --readonly as user nixboot-virtiofsd, required by the guest's unit")
+            "nixboot-virtiofsd-imageless-{store,src}: virtiofsd --readonly as user nixboot-virtiofsd, sockets in a setgid dir of QEMU's group, required by the guest's unit")
           (check (!(c.systemd.services ? "nixboot-virtiofsd-web1-store")) "libvirt-mode guest: no virtiofsd (its store is its disk)")
           (check (elem "multi-user.target" net.wantedBy && hasInfix "net-define" net.script && hasInfix "net-autostart 'nixboot'" net.script
             && hasInfix "net-start 'nixboot'" net.script && elem "nixboot-network.service" unit.requires

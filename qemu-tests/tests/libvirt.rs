@@ -532,9 +532,7 @@ fn libvirt_imageless_guest_boots_and_cannot_write_its_store() {
     let guest = json!({ "mode": "imageless", "mac": "52:54:00:4e:42:01",
                         "consoleLog": console_log, "disks": disks });
     let socket = |tag: &str| sockets.join(format!("{name}-{tag}.sock"));
-    let share = |tag: &str, source: &Path| {
-        json!({ "virtiofsd": "virtiofsd", "socket": socket(tag), "source": source })
-    };
+    let share = |tag: &str, source: &Path| json!({ "virtiofsd": "virtiofsd", "socket": socket(tag), "source": source });
     let disk = |d: &str| {
         json!({ "qemuImg": "qemu-img", "size": "64M",
                 "file": images.join(format!("{name}-{d}.qcow2")) })

@@ -20,7 +20,9 @@ rec {
   # virtiofsd's command line for one read-only share. `--readonly` is the protection: the
   # daemon refuses every write whatever the guest mounts. `--sandbox=none`: the unprivileged
   # user it runs as cannot create namespaces; what it may reach is what that user may read.
-  # `--socket-group`: QEMU (libvirt's unprivileged QEMU user) must be able to connect.
+  # `--socket-group` (optional): QEMU (libvirt's unprivileged QEMU user) must be able to
+  # connect; only root may give the socket to a group it is not in, so the controller's
+  # units leave it out and put the sockets in a setgid directory of QEMU's group instead.
   args = { virtiofsd, socket, source, socketGroup ? null }:
     [
       virtiofsd

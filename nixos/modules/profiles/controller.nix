@@ -348,12 +348,14 @@ let
     before = [ "nixboot-guest-${s.guest}.service" ];
     unitConfig.ConditionPathIsDirectory = s.source;
     serviceConfig = {
+      # No --socket-group: an unprivileged user may only give files to its own groups. The
+      # socket takes QEMU's group from the setgid socket directory (tmpfiles rule below).
       ExecStart = lib.escapeShellArgs (vfs.args {
-        virtiofsd = virtiofsdBin; inherit (s) socket source; socketGroup = qemuGroup;
+        virtiofsd = virtiofsdBin; inherit (s) socket source;
       });
       User = "nixboot-virtiofsd";
       Group = "nixboot-virtiofsd";
-      # The socket must be connectable by QEMU's group: rwx for the group.
+      # The socket must be connectable by QEMU's group (connect needs write): rwx for the group.
       UMask = "0007";
       Restart = "always";
       RestartSec = 1;
@@ -584,7 +586,7 @@ in
       };
       users.groups = lib.mkIf (allExternalShares != [ ]) { nixboot-virtiofsd = { }; };
       systemd.tmpfiles.rules = lib.optional (allExternalShares != [ ])
-        "d ${cfg.virtiofsdSocketDir} 0750 nixboot-virtiofsd ${qemuGroup} - -";
+        "d ${cfg.virtiofsdSocketDir} 2750 nixboot-virtiofsd ${qemuGroup} - -";
     })
   ];
 }
