@@ -35,8 +35,8 @@ const QEMU_GROUP: &str = "libvirt-qemu";
 /// The qemu.conf this environment needs (see the module docs).
 const QEMU_CONF: &str = "namespaces = [ ]\n";
 const QEMU_CONF_PATH: &str = "/etc/libvirt/qemu.conf";
-/// The libvirt these tests define domains on (Debian 12's).
-const VIRTIOFS_MODULES_AND_BLK: &[&str] = &["virtio_pci", "virtiofs", "virtio_blk"];
+/// The imageless guest's modules: its store, its extra disks and its NIC.
+const IMAGELESS_MODULES: &[&str] = &["virtio_pci", "virtiofs", "virtio_blk", "virtio_net"];
 
 /// One libvirtd per test at a time: the tests of this binary share the daemons' pid files.
 static DAEMONS: Mutex<()> = Mutex::new(());
@@ -446,8 +446,8 @@ fn network(s: &Setup) -> Defined {
 // ------------------------------------------------------------------------------ the guests
 
 /// A store holding the probe system and a script system that remounts /nix/store
-/// read-write, tries to write there, records what the guest sees of its extra disks, then
-/// execs the probe. Returns the script's guest path.
+/// read-write, tries to write there, records what the guest sees of its extra disks, asks
+/// the network's DHCP for an address, then execs the probe. Returns the script's guest path.
 fn writer_store(s: &Setup, store: &Path) -> String {
     let probe = s.kit.probe_store("store");
     assert_eq!(probe.store, store);
@@ -456,6 +456,12 @@ fn writer_store(s: &Setup, store: &Path) -> String {
     std::fs::create_dir_all(&bb).unwrap();
     std::fs::copy(s.kit.busybox(), bb.join("busybox")).unwrap();
     std::os::unix::fs::symlink("busybox", bb.join("sh")).unwrap();
+    std::fs::write(
+        bb.join("dhcp-event"),
+        format!("#!/nix/store/{bb_name}/bin/sh\nexit 0\n"),
+    )
+    .unwrap();
+    common::chmod(&bb.join("dhcp-event"), 0o755);
     let sys_name = fake_store_name(&s.kit.test, "store-writer");
     let sys = store.join(&sys_name);
     std::fs::create_dir_all(&sys).unwrap();
@@ -472,6 +478,8 @@ for d in /sys/block/vd*; do
   [ -e "$d" ] || continue
   echo "$($B cat $d/serial) $($B cat $d/queue/logical_block_size) $($B cat $d/queue/physical_block_size)" > $out/disk-${{d##*/}}
 done
+$B ip link set eth0 up
+$B udhcpc -i eth0 -n -q -t 10 -T 2 -s /nix/store/{bb_name}/bin/dhcp-event > $out/dhcp 2>&1
 exec {init} "$@"
 "#,
         init = probe.init
@@ -525,7 +533,7 @@ fn libvirt_imageless_guest_boots_and_cannot_write_its_store() {
         "d4k": { "serial": "nbt-d4k", "size": "64M", "logicalBlockSize": 4096, "physicalBlockSize": 4096 },
     });
     let boot = json!({
-        "kernel": s.kernel(), "initrd": s.initrd(VIRTIOFS_MODULES_AND_BLK), "cmdline": cmdline,
+        "kernel": s.kernel(), "initrd": s.initrd(IMAGELESS_MODULES), "cmdline": cmdline,
         "backing": null, "storeTag": "store", "modulesTag": "modules",
         "modulesDir": modules, "virtiofsd": s.kit.env.virtiofsd,
     });
@@ -614,6 +622,14 @@ fn libvirt_imageless_guest_boots_and_cannot_write_its_store() {
         .collect();
     assert!(disks.contains(&"nbt-d512 512 512"), "{disks:?}");
     assert!(disks.contains(&"nbt-d4k 4096 4096"), "{disks:?}");
+    // The controller's network gave the guest an address (udhcpc: "lease of A obtained").
+    let dhcp = p.test_files.get("dhcp").map_or("", |d| d.as_str());
+    assert!(dhcp.contains("lease of 192.168.86."), "{dhcp}");
+    let leases = virsh(&["net-dhcp-leases", NETWORK]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        leases.contains("52:54:00:4e:42:01"),
+        "the guest's MAC has no lease: {leases}"
+    );
 }
 
 #[test]
