@@ -287,6 +287,23 @@ let
             "extra disks: qcow2 under /var/lib/libvirt/images created by the unit, serial (by-id virtio-<serial>), 512/4096 sectors")
           (check (hasInfix "kvm_works" unit.script && hasInfix "<domain type='qemu'>" g.imageless.xmlTcg && hasInfix "<domain type='kvm'>" g.imageless.xml)
             "domainType auto: the unit's trial boot under KVM picks the kvm or the qemu (TCG) XML")
+          (let
+            # The generator alone, as a libvirt >= 11 host and a bridged controller would call it.
+            render = version: interface: import ../modules/controller/domain.nix {
+              inherit lib; name = "g"; libvirtVersion = version;
+              guest = { mode = "imageless"; memory = 512; vcpus = 1; domainType = "qemu"; mac = "52:54:00:00:00:09";
+                        consoleLog = null; shares = { }; disks = { }; configDir = null; };
+              controller = { imageDir = "/img"; virtiofsdSocketDir = "/run/v"; inherit interface; };
+              boot = { kernel = "/k"; initrd = "/i"; cmdline = "init=/x"; backing = null; storeTag = "store";
+                       modulesTag = "modules"; modulesDir = null; virtiofsd = "/bin/virtiofsd"; };
+            };
+            v11 = render "11.0.0" { type = "network"; source = "nixboot"; };
+            bridged = render "10.0.0" { type = "bridge"; source = "br0"; };
+          in
+          check (hasInfix "<source dir='/nix/store'/>" v11 && hasInfix "<readonly/>" v11 && !hasInfix "socket=" v11
+            && hasInfix "<source socket='/run/v/g-store.sock'/>" bridged
+            && hasInfix "<interface type='bridge'>" bridged && hasInfix "<source bridge='br0'/>" bridged)
+            "libvirt >= 11: libvirt's own virtiofsd with <readonly/>; networking.mode bridge: <interface type='bridge'> on the host bridge")
           (let beforeDefine = builtins.head (builtins.split "virsh" unit.script); in
           check (hasInfix "[ -d '/home/nixboot/src' ] || { echo" beforeDefine && hasInfix "/home/nixboot/src does not exist" beforeDefine)
             "a share whose host directory is missing stops the unit before virsh define")
