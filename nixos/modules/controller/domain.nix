@@ -36,10 +36,9 @@ let
   imageless = guest.mode == "imageless";
 
   # tag -> { source; readOnly; }
-  filesystems =
-    lib.optionalAttrs imageless ({ ${boot.storeTag} = { source = "/nix/store"; readOnly = true; }; }
-      // lib.optionalAttrs (boot.modulesDir != null) { ${boot.modulesTag} = { source = boot.modulesDir; readOnly = true; }; })
-    // lib.mapAttrs (_: s: { inherit (s) source readOnly; }) guest.shares;
+  filesystems = vfs.filesystems {
+    inherit imageless; inherit (boot) storeTag modulesTag modulesDir; inherit (guest) shares;
+  };
 
   filesystemXml = tag: fs:
     if fs.readOnly && !nativeReadOnly then ''

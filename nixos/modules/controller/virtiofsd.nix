@@ -14,6 +14,13 @@ rec {
   # Whether libvirt `version` has read-only virtiofs (`<readonly/>` on a virtiofs filesystem).
   nativeReadOnly = version: lib.versionAtLeast version "11.0";
 
+  # A guest's virtiofs filesystems, tag -> { source; readOnly; }: for imageless guests the
+  # store (and an external kernel's modules), read-only; then the guest's own shares.
+  filesystems = { imageless, storeTag, modulesTag, modulesDir, shares }:
+    lib.optionalAttrs imageless ({ ${storeTag} = { source = "/nix/store"; readOnly = true; }; }
+      // lib.optionalAttrs (modulesDir != null) { ${modulesTag} = { source = modulesDir; readOnly = true; }; })
+    // lib.mapAttrs (_: s: { inherit (s) source readOnly; }) shares;
+
   # The vhost-user socket of guest `guest`'s share `tag` under `socketDir`.
   socket = { socketDir, guest, tag }: "${socketDir}/${guest}-${tag}.sock";
 

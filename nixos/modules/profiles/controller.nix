@@ -78,11 +78,10 @@ let
   # [ { guest; tag; source; socket; } ].
   externalShares = name: guest:
     let
-      sys = guest.system.config;
       b = bootOf guest;
-      all = lib.optionalAttrs (guest.mode == "imageless") ({ ${b.storeTag} = { source = "/nix/store"; readOnly = true; }; }
-        // lib.optionalAttrs (guest.modulesDir != null) { ${b.modulesTag} = { source = guest.modulesDir; readOnly = true; }; })
-        // guest.shares;
+      all = vfs.filesystems {
+        imageless = guest.mode == "imageless"; inherit (b) storeTag modulesTag modulesDir; inherit (guest) shares;
+      };
     in
     lib.optionals (!nativeReadOnly && guest.system != null) (lib.mapAttrsToList (tag: s: {
       inherit tag; inherit (s) source; guest = name;
