@@ -46,7 +46,7 @@ static DAEMONS: Mutex<()> = Mutex::new(());
 /// libvirtd and virtlogd for one test; stops (by pid) what it started.
 struct Daemons {
     started: Vec<(&'static str, PathBuf)>,
-    _conf: tempfile::TempDir,
+    conf: tempfile::TempDir,
 }
 
 fn virsh(args: &[&str]) -> Result<String, String> {
@@ -79,22 +79,22 @@ impl Daemons {
         let conf = tempfile::tempdir().map_err(|e| e.to_string())?;
         let mut d = Daemons {
             started: Vec::new(),
-            _conf: conf,
+            conf: conf,
         };
         if virsh(&["version"]).is_ok() {
             eprintln!("libvirt: a libvirtd already answers on {URI}: using it as it is");
             return Ok(d);
         }
         if pid_alive(Path::new("/run/virtlogd.pid")).is_none() {
-            let pidfile = d._conf.path().join("virtlogd.pid");
+            let pidfile = d.conf.path().join("virtlogd.pid");
             run_ok(Command::new("virtlogd").arg("-d").arg("-p").arg(&pidfile))?;
             d.started.push(("virtlogd", pidfile));
         }
-        let qemu_conf = d._conf.path().join("qemu.conf");
+        let qemu_conf = d.conf.path().join("qemu.conf");
         std::fs::write(&qemu_conf, QEMU_CONF).map_err(|e| e.to_string())?;
         std::fs::set_permissions(&qemu_conf, std::fs::Permissions::from_mode(0o644))
             .map_err(|e| e.to_string())?;
-        let pidfile = d._conf.path().join("libvirtd.pid");
+        let pidfile = d.conf.path().join("libvirtd.pid");
         // A private mount namespace that sees our qemu.conf; libvirtd daemonizes inside it.
         let script = r#"mount --bind "$1" "$2" && exec libvirtd -d -p "$3""#;
         run_ok(
