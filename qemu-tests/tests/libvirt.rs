@@ -79,7 +79,7 @@ impl Daemons {
         let conf = tempfile::tempdir().map_err(|e| e.to_string())?;
         let mut d = Daemons {
             started: Vec::new(),
-            conf: conf,
+            conf,
         };
         if virsh(&["version"]).is_ok() {
             eprintln!("libvirt: a libvirtd already answers on {URI}: using it as it is");
