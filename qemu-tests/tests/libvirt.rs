@@ -446,7 +446,7 @@ fn network(s: &Setup) -> Defined {
 // ------------------------------------------------------------------------------ the guests
 
 /// A store holding the probe system and a script system that remounts /nix/store
-/// read-write, tries to write there, records what the guest sees of its extra disks, asks
+/// read-write, tries to write there, writes into the writable share `rw` (the control), records what the guest sees of its extra disks, asks
 /// the network's DHCP for an address, then execs the probe. Returns the script's guest path.
 fn writer_store(s: &Setup, store: &Path) -> String {
     let probe = s.kit.probe_store("store");
@@ -474,6 +474,9 @@ $B mkdir -p $out
 if $B mount -o remount,rw /nix/store 2>$out/remount.err; then r=remounted-rw; else r=remount-failed; fi
 if echo guest > /nix/store/guest-was-here 2>$out/write.err; then w=written; else w=refused; fi
 echo "$r $w" > $out/store-write
+$B mkdir -p /mnt/rw
+if $B mount -t virtiofs rw /mnt/rw 2>$out/rw.err && echo guest > /mnt/rw/guest-was-here; then c=written; else c=failed; fi
+echo $c > $out/rw-write
 for d in /sys/block/vd*; do
   [ -e "$d" ] || continue
   echo "$($B cat $d/serial) $($B cat $d/queue/logical_block_size) $($B cat $d/queue/physical_block_size)" > $out/disk-${{d##*/}}
@@ -522,6 +525,9 @@ fn libvirt_imageless_guest_boots_and_cannot_write_its_store() {
     let init = writer_store(&s, &store);
     std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o755)).unwrap();
     let before = listing(&store);
+    // The control: a writable share (libvirt's own virtiofsd), where the same guest's write
+    // must arrive, so that a refused store write means --readonly, not a guest unable to write.
+    let rw = s.dir("rw");
     let modules = nixboot_launcher::bootspec::modules_share_dir(&s.kit.env.modules).unwrap();
     let console_log = s.kit.path("imageless-console.log");
     let images = s.dir("images");
@@ -538,7 +544,8 @@ fn libvirt_imageless_guest_boots_and_cannot_write_its_store() {
         "modulesDir": modules, "virtiofsd": s.kit.env.virtiofsd,
     });
     let guest = json!({ "mode": "imageless", "mac": "52:54:00:4e:42:01",
-                        "consoleLog": console_log, "disks": disks });
+                        "consoleLog": console_log, "disks": disks,
+                        "shares": { "rw": { "source": rw, "readOnly": false } } });
     let socket = |tag: &str| sockets.join(format!("{name}-{tag}.sock"));
     let share = |tag: &str, source: &Path| json!({ "virtiofsd": "virtiofsd", "socket": socket(tag), "source": source });
     let disk = |d: &str| {
@@ -613,6 +620,17 @@ fn libvirt_imageless_guest_boots_and_cannot_write_its_store() {
         "the guest wrote into the host's store"
     );
     assert_eq!(listing(&store), before, "the host's store changed");
+    assert_eq!(
+        p.test_files.get("rw-write").map(|s| s.trim()),
+        Some("written"),
+        "{p}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rw.join("guest-was-here"))
+            .ok()
+            .as_deref(),
+        Some("guest\n")
+    );
     // The extra disks, as the guest sees them: serial, logical and physical sector size.
     let disks: Vec<&str> = p
         .test_files
