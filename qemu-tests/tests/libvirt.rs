@@ -516,79 +516,97 @@ fn listing(dir: &Path) -> Vec<String> {
     out
 }
 
-#[test]
-fn libvirt_imageless_guest_boots_and_cannot_write_its_store() {
-    let test = "libvirt_imageless_guest_boots_and_cannot_write_its_store";
-    let Some(s) = setup(test) else { return };
-    let _net = network(&s);
-    let store = s.kit.path("store");
-    let init = writer_store(&s, &store);
-    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let before = listing(&store);
-    // The control: a writable share (libvirt's own virtiofsd), where the same guest's write
-    // must arrive, so that a refused store write means --readonly, not a guest unable to write.
-    let rw = s.dir("rw");
-    let modules = nixboot_launcher::bootspec::modules_share_dir(&s.kit.env.modules).unwrap();
-    let console_log = s.kit.path("imageless-console.log");
-    let images = s.dir("images");
-    let sockets = s.socket_dir();
-    let cmdline = guest_cmdline(&init, "root=tmpfs");
-    let name = "nixboot-test-imageless";
-    let disks = json!({
-        "d512": { "serial": "nbt-d512", "size": "64M", "logicalBlockSize": 512, "physicalBlockSize": 512 },
-        "d4k": { "serial": "nbt-d4k", "size": "64M", "logicalBlockSize": 4096, "physicalBlockSize": 4096 },
-    });
-    let boot = json!({
-        "kernel": s.kernel(), "initrd": s.initrd(IMAGELESS_MODULES), "cmdline": cmdline,
-        "backing": null, "storeTag": "store", "modulesTag": "modules",
-        "modulesDir": modules, "virtiofsd": s.kit.env.virtiofsd,
-    });
-    let guest = json!({ "mode": "imageless", "mac": "52:54:00:4e:42:01",
-                        "consoleLog": console_log, "disks": disks,
-                        "shares": { "rw": { "source": rw, "readOnly": false } } });
-    let socket = |tag: &str| sockets.join(format!("{name}-{tag}.sock"));
-    let share = |tag: &str, source: &Path| json!({ "virtiofsd": "virtiofsd", "socket": socket(tag), "source": source });
-    let disk = |d: &str| {
-        json!({ "qemuImg": "qemu-img", "size": "64M",
-                "file": images.join(format!("{name}-{d}.qcow2")) })
-    };
-    let r = render(
-        &s.nixpkgs,
-        &json!({
-            "domains": [s.domain(name, guest, boot)],
-            "shares": [share("store", &store), share("modules", &modules)],
-            "disks": [disk("d4k"), disk("d512")],
-        }),
-    );
-    let xml = r["domains"][0].as_str().unwrap();
-    // libvirt < 11: the read-only shares are the controller's virtiofsd's sockets.
-    assert!(
-        xml.contains(&format!("<source socket='{}'/>", socket("store").display())),
-        "{xml}"
-    );
-    assert!(!xml.contains("<readonly/>"), "{xml}");
-    let argvs: Vec<Vec<String>> = r["virtiofsd"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(strings)
-        .collect();
-    assert!(
-        argvs.iter().all(|a| a.contains(&"--readonly".to_string())),
-        "{argvs:?}"
-    );
-    let _vfs: Vec<Virtiofsd> = argvs
-        .iter()
-        .zip(["store", "modules"])
-        .map(|(a, tag)| start_virtiofsd(a, &s.kit.env.virtiofsd, &socket(tag)))
-        .collect();
-    r["disks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .for_each(|a| run_argv(&strings(a)));
+/// The imageless guest's paths on the host.
+struct Imageless {
+    name: &'static str,
+    store: PathBuf,
+    rw: PathBuf,
+    modules: PathBuf,
+    sockets: PathBuf,
+    images: PathBuf,
+    console_log: PathBuf,
+}
 
-    let _dom = define("domain", name, xml, s.kit.tmp.path());
+impl Imageless {
+    fn socket(&self, tag: &str) -> PathBuf {
+        self.sockets.join(format!("{}-{tag}.sock", self.name))
+    }
+
+    /// render.nix's request: the domain with two extra disks, the writable share `rw`, the
+    /// controller's virtiofsd for the store and the modules, the disks' qemu-img commands.
+    fn request(&self, s: &Setup, init: &str) -> Value {
+        let disks = json!({
+            "d512": { "serial": "nbt-d512", "size": "64M", "logicalBlockSize": 512, "physicalBlockSize": 512 },
+            "d4k": { "serial": "nbt-d4k", "size": "64M", "logicalBlockSize": 4096, "physicalBlockSize": 4096 },
+        });
+        let boot = json!({
+            "kernel": s.kernel(), "initrd": s.initrd(IMAGELESS_MODULES),
+            "cmdline": guest_cmdline(init, "root=tmpfs"),
+            "backing": null, "storeTag": "store", "modulesTag": "modules",
+            "modulesDir": self.modules, "virtiofsd": s.kit.env.virtiofsd,
+        });
+        let guest = json!({ "mode": "imageless", "mac": "52:54:00:4e:42:01",
+                            "consoleLog": self.console_log, "disks": disks,
+                            "shares": { "rw": { "source": self.rw, "readOnly": false } } });
+        let share = |tag: &str, source: &Path| json!({ "virtiofsd": "virtiofsd", "socket": self.socket(tag), "source": source });
+        let disk = |d: &str| {
+            json!({ "qemuImg": "qemu-img", "size": "64M",
+                    "file": self.images.join(format!("{}-{d}.qcow2", self.name)) })
+        };
+        json!({
+            "domains": [s.domain(self.name, guest, boot)],
+            "shares": [share("store", &self.store), share("modules", &self.modules)],
+            "disks": [disk("d4k"), disk("d512")],
+        })
+    }
+
+    /// libvirt < 11: the read-only shares are sockets of virtiofsd --readonly, started here
+    /// with the controller's command line.
+    fn start_readonly_shares(&self, r: &Value, virtiofsd: &Path) -> Vec<Virtiofsd> {
+        let xml = r["domains"][0].as_str().unwrap();
+        let store_socket = format!("<source socket='{}'/>", self.socket("store").display());
+        assert!(xml.contains(&store_socket), "{xml}");
+        assert!(!xml.contains("<readonly/>"), "{xml}");
+        let argvs: Vec<Vec<String>> = r["virtiofsd"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(strings)
+            .collect();
+        assert!(
+            argvs.iter().all(|a| a.contains(&"--readonly".to_string())),
+            "{argvs:?}"
+        );
+        argvs
+            .iter()
+            .zip(["store", "modules"])
+            .map(|(a, tag)| start_virtiofsd(a, virtiofsd, &self.socket(tag)))
+            .collect()
+    }
+
+    /// The guest lifted its own ro mount of the store, yet its write was refused and the
+    /// host store is as it was; its write to the writable share arrived.
+    fn assert_store_untouched(&self, p: &ProbeReport, before: &[String]) {
+        assert_eq!(p.store_fstype.as_deref(), Some("virtiofs"), "{p}");
+        assert_eq!(p.modules_fstype.as_deref(), Some("virtiofs"), "{p}");
+        let file = |k: &str| p.test_files.get(k).map(|s| s.trim().to_string());
+        assert_eq!(
+            file("store-write").as_deref(),
+            Some("remounted-rw refused"),
+            "{p}"
+        );
+        assert_eq!(p.store_writable, Some(false), "{p}");
+        let planted = self.store.join("guest-was-here");
+        assert!(!planted.exists(), "the guest wrote into the host's store");
+        assert_eq!(listing(&self.store), before, "the host's store changed");
+        assert_eq!(file("rw-write").as_deref(), Some("written"), "{p}");
+        let arrived = std::fs::read_to_string(self.rw.join("guest-was-here")).ok();
+        assert_eq!(arrived.as_deref(), Some("guest\n"));
+    }
+}
+
+/// The extra disks in the live domain: serials, sector sizes, the qcow2 files.
+fn assert_disks_defined(name: &str) {
     let live = virsh(&["dumpxml", name]).unwrap();
     for serial in ["nbt-d512", "nbt-d4k"] {
         assert!(
@@ -599,38 +617,55 @@ fn libvirt_imageless_guest_boots_and_cannot_write_its_store() {
     assert!(live.contains("logical_block_size='4096'"), "{live}");
     let blk = virsh(&["domblklist", name]).unwrap();
     assert!(blk.contains(&format!("{name}-d4k.qcow2")), "{blk}");
-    let console = boot_to_shutoff(name, &console_log);
+}
+
+#[test]
+fn libvirt_imageless_guest_boots_and_cannot_write_its_store() {
+    let test = "libvirt_imageless_guest_boots_and_cannot_write_its_store";
+    let Some(s) = setup(test) else { return };
+    let _net = network(&s);
+    let g = Imageless {
+        name: "nixboot-test-imageless",
+        store: s.kit.path("store"),
+        // The control: a writable share (libvirt's own virtiofsd) where the same guest's write
+        // must arrive, so that a refused store write is --readonly's, not a guest unable to write.
+        rw: s.dir("rw"),
+        modules: nixboot_launcher::bootspec::modules_share_dir(&s.kit.env.modules).unwrap(),
+        sockets: s.socket_dir(),
+        images: s.dir("images"),
+        console_log: s.kit.path("imageless-console.log"),
+    };
+    let init = writer_store(&s, &g.store);
+    std::fs::set_permissions(&g.store, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let before = listing(&g.store);
+    let r = render(&s.nixpkgs, &g.request(&s, &init));
+    let _vfs = g.start_readonly_shares(&r, &s.kit.env.virtiofsd);
+    r["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .for_each(|a| run_argv(&strings(a)));
+
+    let _dom = define(
+        "domain",
+        g.name,
+        r["domains"][0].as_str().unwrap(),
+        s.kit.tmp.path(),
+    );
+    assert_disks_defined(g.name);
+    let console = boot_to_shutoff(g.name, &g.console_log);
     let p = assert_reached_probe(&console);
     eprintln!(
         "{test}: the probe ran under libvirt; its test files: {:?}",
         p.test_files
     );
+    g.assert_store_untouched(&p, &before);
+    assert_disks_and_lease(&p);
+}
 
-    assert_eq!(p.store_fstype.as_deref(), Some("virtiofs"), "{p}");
-    assert_eq!(p.modules_fstype.as_deref(), Some("virtiofs"), "{p}");
-    // The guest's own ro mount was lifted; virtiofsd --readonly still refused the write.
-    assert_eq!(
-        p.test_files.get("store-write").map(|s| s.trim()),
-        Some("remounted-rw refused"),
-        "{p}"
-    );
-    assert_eq!(p.store_writable, Some(false), "{p}");
-    assert!(
-        !store.join("guest-was-here").exists(),
-        "the guest wrote into the host's store"
-    );
-    assert_eq!(listing(&store), before, "the host's store changed");
-    assert_eq!(
-        p.test_files.get("rw-write").map(|s| s.trim()),
-        Some("written"),
-        "{p}"
-    );
-    assert_eq!(
-        std::fs::read_to_string(rw.join("guest-was-here"))
-            .ok()
-            .as_deref(),
-        Some("guest\n")
-    );
+/// The extra disks as the guest saw them (serial, logical and physical sector size) and the
+/// DHCP lease it got from the controller's network, seen from both sides.
+fn assert_disks_and_lease(p: &ProbeReport) {
     // The extra disks, as the guest sees them: serial, logical and physical sector size.
     let disks: Vec<&str> = p
         .test_files
