@@ -68,6 +68,9 @@ rec {
           memory = 2048;
           vcpus = 2;
           shares.src = { source = "/home/nixboot/src"; readOnly = true; };
+          # Scratch disks as kdevops gives them: /dev/disk/by-id/virtio-scratch{0,1}.
+          disks.scratch0 = { size = "20G"; };
+          disks.scratch1 = { size = "20G"; logicalBlockSize = 4096; physicalBlockSize = 4096; };
         };
         web1 = {
           mode = "libvirt";

@@ -250,8 +250,64 @@ let
         (check (hasInfix "define" unit.script && hasInfix "start" unit.script && elem "multi-user.target" unit.wantedBy
           && elem "libvirtd.service" unit.requires)
           "systemd units define and start the guests through libvirt")
-        (check (hasInfix "qemu-img create -f qcow2 -F qcow2" c.systemd.services."nixboot-guest-web1".script)
+        (check (hasInfix "'qemu-img' 'create' '-q' '-f' 'qcow2' '-F' 'qcow2' '-b' '${gl.system.build.nixbootImage}/nixos.qcow2' '/var/lib/libvirt/images/web1.qcow2'"
+          c.systemd.services."nixboot-guest-web1".script)
           "libvirt guest: per-VM overlay created by its unit")
+      ] ++ (
+        # nixpkgs 24.05 has libvirt 10.0: no read-only virtiofs, so the controller's own
+        # virtiofsd --readonly serves the store and attaches by socket.
+        let
+          v = c.virtualisation.libvirtd.package.version;
+          store = c.systemd.services."nixboot-virtiofsd-imageless-store";
+          src = c.systemd.services."nixboot-virtiofsd-imageless-src";
+          net = c.systemd.services.nixboot-network;
+          web1 = c.systemd.services."nixboot-guest-web1";
+        in
+        [
+          (check (lib.versionOlder v "11" && hasInfix "<source socket='/run/nixboot-virtiofsd/imageless-store.sock'/>" g.imageless.xml
+            && hasInfix "<source socket='/run/nixboot-virtiofsd/imageless-src.sock'/>" g.imageless.xml && !hasInfix "<readonly/>\n    </filesystem>" g.imageless.xml
+            && !hasInfix "<source dir='/nix/store'/>" g.imageless.xml)
+            "libvirt ${v} (< 11, no read-only virtiofs): store and read-only shares attached by the controller's virtiofsd sockets, no <readonly/>")
+          (check (hasInfix "--readonly" store.serviceConfig.ExecStart && hasInfix "--shared-dir=/nix/store" store.serviceConfig.ExecStart
+            && elem "d /run/nixboot-virtiofsd 2750 nixboot-virtiofsd qemu-libvirtd - -" c.systemd.tmpfiles.rules
+            && store.serviceConfig.UMask == "0007" && store.serviceConfig.User == "nixboot-virtiofsd"
+            && hasInfix "--shared-dir=/home/nixboot/src" src.serviceConfig.ExecStart
+            && elem "nixboot-virtiofsd-imageless-store.service" unit.requires && c.users.users.nixboot-virtiofsd.isSystemUser)
+            "nixboot-virtiofsd-imageless-{store,src}: virtiofsd --readonly as user nixboot-virtiofsd, sockets in a setgid dir of QEMU's group, required by the guest's unit")
+          (check (!(c.systemd.services ? "nixboot-virtiofsd-web1-store")) "libvirt-mode guest: no virtiofsd (its store is its disk)")
+          (check (elem "multi-user.target" net.wantedBy && hasInfix "net-define" net.script && hasInfix "net-autostart 'nixboot'" net.script
+            && hasInfix "net-start 'nixboot'" net.script && elem "nixboot-network.service" unit.requires
+            && hasInfix "<source network='nixboot'/>" g.web1.xml)
+            "network: nixboot-network defines, autostarts and starts the NAT network nixboot; guests require it and join it")
+          (check (hasInfix "<mac address='${g.imageless.mac}'/>" g.imageless.xml && g.imageless.mac != g.web1.mac)
+            "each guest has its own stable MAC (${g.imageless.mac}, ${g.web1.mac})")
+          (check (hasInfix "<serial>scratch0</serial>" g.imageless.xml && hasInfix "logical_block_size='4096' physical_block_size='4096'" g.imageless.xml
+            && hasInfix "<source file='/var/lib/libvirt/images/imageless-scratch1.qcow2'/>" g.imageless.xml
+            && hasInfix "'qemu-img' 'create' '-q' '-f' 'qcow2' '/var/lib/libvirt/images/imageless-scratch1.qcow2' '20G'" unit.script)
+            "extra disks: qcow2 under /var/lib/libvirt/images created by the unit, serial (by-id virtio-<serial>), 512/4096 sectors")
+          (check (hasInfix "kvm_works" unit.script && hasInfix "<domain type='qemu'>" g.imageless.xmlTcg && hasInfix "<domain type='kvm'>" g.imageless.xml)
+            "domainType auto: the unit's trial boot under KVM picks the kvm or the qemu (TCG) XML")
+          (let
+            # The generator alone, as a libvirt >= 11 host and a bridged controller would call it.
+            render = version: interface: import ../modules/controller/domain.nix {
+              inherit lib; name = "g"; libvirtVersion = version;
+              guest = { mode = "imageless"; memory = 512; vcpus = 1; domainType = "qemu"; mac = "52:54:00:00:00:09";
+                        consoleLog = null; shares = { }; disks = { }; configDir = null; };
+              controller = { imageDir = "/img"; virtiofsdSocketDir = "/run/v"; inherit interface; };
+              boot = { kernel = "/k"; initrd = "/i"; cmdline = "init=/x"; backing = null; storeTag = "store";
+                       modulesTag = "modules"; modulesDir = null; virtiofsd = "/bin/virtiofsd"; };
+            };
+            v11 = render "11.0.0" { type = "network"; source = "nixboot"; };
+            bridged = render "10.0.0" { type = "bridge"; source = "br0"; };
+          in
+          check (hasInfix "<source dir='/nix/store'/>" v11 && hasInfix "<readonly/>" v11 && !hasInfix "socket=" v11
+            && hasInfix "<source socket='/run/v/g-store.sock'/>" bridged
+            && hasInfix "<interface type='bridge'>" bridged && hasInfix "<source bridge='br0'/>" bridged)
+            "libvirt >= 11: libvirt's own virtiofsd with <readonly/>; networking.mode bridge: <interface type='bridge'> on the host bridge")
+          (let beforeDefine = builtins.head (builtins.split "virsh" unit.script); in
+          check (hasInfix "[ -d '/home/nixboot/src' ] || { echo" beforeDefine && hasInfix "/home/nixboot/src does not exist" beforeDefine)
+            "a share whose host directory is missing stops the unit before virsh define")
+        ]) ++ [
         (toplevelFact check c)
       ]);
       xml = lib.mapAttrs (_: guest: builtins.unsafeDiscardStringContext guest.xml) g;
@@ -280,6 +336,22 @@ let
         (rejects "a guest whose system lacks its mode's backend" "does not enable nixboot.backends.libvirt"
           [ disk { nixboot.profiles.controller.enable = true;
                    nixboot.controller.guests.wrong = { mode = "libvirt"; system = examples.example-imageless; }; } ])
+        (rejects "two guests with one MAC address" "have the same MAC address 52:54:00:00:00:01"
+          [ disk { nixboot.profiles.controller.enable = true;
+                   nixboot.controller.guests = {
+                     a = { system = examples.example-imageless; mac = "52:54:00:00:00:01"; };
+                     b = { system = examples.example-imageless; mac = "52:54:00:00:00:01"; };
+                   }; } ])
+        (rejects "two guests' disks with one serial" "have the same disk serial data"
+          [ disk { nixboot.profiles.controller.enable = true;
+                   nixboot.controller.guests = {
+                     a = { system = examples.example-imageless; disks.data = { }; };
+                     b = { system = examples.example-imageless; disks.other.serial = "data"; };
+                   }; } ])
+        (rejects "a disk whose physical sectors are smaller than its logical ones" "physical sector size smaller"
+          [ disk { nixboot.profiles.controller.enable = true;
+                   nixboot.controller.guests.a = { system = examples.example-imageless;
+                     disks.d = { logicalBlockSize = 4096; physicalBlockSize = 512; }; }; } ])
         (rejects "initrd secrets (the init does not read them)" "boot.initrd.secrets is not supported"
           [{ nixboot.backends.imageless.enable = true; boot.initrd.secrets."/etc/key" = ./eval.nix; }])
         (rejects "baremetal without a real kernel" "baremetal needs a real kernel"
