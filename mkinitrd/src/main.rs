@@ -198,7 +198,7 @@ fn render(e: &anyhow::Error) -> String {
 }
 
 fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
-    if s.len() % 2 != 0 || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
+    if s.len() & 1 == 1 || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
         return Err(format!("{s:?} is not an even number of hex digits"));
     }
     (0..s.len())

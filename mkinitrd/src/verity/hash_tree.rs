@@ -70,7 +70,7 @@ pub fn build(data: &[u8], salt: &[u8]) -> Result<Tree, TreeError> {
     if data.is_empty() {
         return Err(TreeError::Empty);
     }
-    if data.len() % BLOCK != 0 {
+    if data.len() & (BLOCK - 1) != 0 {
         return Err(TreeError::NotBlockAligned(data.len()));
     }
     if salt.len() > MAX_SALT {
