@@ -130,7 +130,7 @@ struct VerityArgs {
     output: PathBuf,
     /// The salt in hex [default: the SHA-256 of the erofs image].
     #[arg(long, value_name = "HEX", value_parser = parse_hex)]
-    salt: Option<Vec<u8>>,
+    salt: Option<Salt>,
     /// The mkfs.erofs to run.
     #[arg(long, value_name = "PATH", default_value = "mkfs.erofs")]
     mkfs_erofs: PathBuf,
@@ -197,14 +197,19 @@ fn render(e: &anyhow::Error) -> String {
     line
 }
 
-fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
+/// `--salt`'s bytes (a newtype: clap reads a bare `Vec` as a list of values).
+#[derive(Clone, Debug)]
+struct Salt(Vec<u8>);
+
+fn parse_hex(s: &str) -> Result<Salt, String> {
     if s.len() & 1 == 1 || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
         return Err(format!("{s:?} is not an even number of hex digits"));
     }
     (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| e.to_string()))
-        .collect()
+        .collect::<Result<_, _>>()
+        .map(Salt)
 }
 
 fn verity(args: VerityArgs) -> anyhow::Result<ExitCode> {
@@ -219,7 +224,7 @@ fn verity(args: VerityArgs) -> anyhow::Result<ExitCode> {
         },
         closure: args.closure,
         output: args.output,
-        salt: args.salt,
+        salt: args.salt.map(|s| s.0),
         timestamp: source_date_epoch()?,
         mkfs_erofs: args.mkfs_erofs,
     };
