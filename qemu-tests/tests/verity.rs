@@ -248,10 +248,58 @@ fn verity_flipped_byte_in_the_next_init_stops_the_boot_at_its_first_read() {
     let mut bytes = v.bytes.clone();
     bytes[v.probe_block() + 7] ^= 0x01;
     let o = v.boot_disk(&bytes, &v.image.root_hash, &[]);
-    assert_failed(&o, "check-init", "Input/output error", Action::PowerOff);
+    assert_failed(
+        &o,
+        "check-init",
+        &format!(
+            "next init {} is not usable in the new root: EIO",
+            v.probe.init
+        ),
+        Action::PowerOff,
+    );
     assert!(
         o.console.contains("is corrupted"),
         "no dm-verity corruption line{}",
         context(&o)
+    );
+}
+
+/// Bad input: a hash tree that does not match the image (a byte of its top level changed,
+/// the level every read goes through) is refused in the `verity` phase, nothing mounted.
+#[test]
+fn verity_hash_tree_not_matching_the_image_is_refused() {
+    let Some(v) = verified("verity_hash_tree_not_matching_the_image_is_refused") else {
+        return;
+    };
+    let mut bytes = v.bytes.clone();
+    // The superblock is one block at the hash offset; the top level follows it.
+    bytes[v.image.hash_offset as usize + 4096 + 5] ^= 0x80;
+    let o = v.boot_disk(&bytes, &v.image.root_hash, &[]);
+    assert_failed(
+        &o,
+        "verity",
+        "/dev/vda2: block 0 does not verify against nixboot.verity.roothash=",
+        Action::PowerOff,
+    );
+    assert!(
+        step_lines(&o, "mount-store").is_empty(),
+        "mounted{}",
+        context(&o)
+    );
+}
+
+/// Bad input: a hash offset that is not where the superblock is.
+#[test]
+fn verity_wrong_hash_offset_finds_no_superblock() {
+    let Some(v) = verified("verity_wrong_hash_offset_finds_no_superblock") else {
+        return;
+    };
+    let wrong = format!("nixboot.verity.hashoffset={}", v.image.hash_offset - 4096);
+    let o = v.boot_disk(&v.bytes, &v.image.root_hash, &[&wrong]);
+    assert_failed(
+        &o,
+        "verity",
+        "(this is not a verity image's hash area)",
+        Action::PowerOff,
     );
 }

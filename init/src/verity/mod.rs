@@ -85,7 +85,8 @@ fn read_at(fd: &OwnedFd, offset: u64, len: usize) -> Result<Vec<u8>, Errno> {
     let mut buf = vec![0u8; len];
     let mut got = 0;
     while got < len {
-        match rustix::io::pread(fd, &mut buf[got..], offset + got as u64) {
+        let at = offset.checked_add(got as u64).ok_or(Errno::INVAL)?;
+        match rustix::io::pread(fd, &mut buf[got..], at) {
             Ok(0) => return Err(Errno::NXIO),
             Ok(n) => got += n,
             Err(Errno::INTR) => {}
@@ -269,7 +270,7 @@ fn unverified(
     } else {
         format!(
             "{node}: data block {block} (byte {}) does not match its hash ({} from \
-             dm-verity): the image was changed after it was built",
+             dm-verity): the data or the hash tree was changed after the image was built",
             block * BLOCK_U64,
             errno(er)
         )
