@@ -316,6 +316,7 @@ impl Boot<'_> {
                 Ok(virtiofs_text(tag, target, *flags, data))
             }),
             Step::MountBlock { .. } => self.mount_block(step),
+            Step::MountVerity { .. } => self.mount_verity(step),
             Step::CarryFiles { from, to } => {
                 self.simple(name, || store::carry(name, from, to, tmpfs_size))
             }
@@ -418,6 +419,41 @@ impl Boot<'_> {
             let fstype = block::mount::mount_block(mount, &found, target, fstypes, *flags, data)?;
             Ok(mount_text(&found.node, target, &fstype, *flags, data))
         })
+    }
+}
+
+impl Boot<'_> {
+    /// The verity store: find the image, set up the target and read through it, mount it;
+    /// three phases timed apart, each handing its device to the next as a value.
+    fn mount_verity(&mut self, step: &Step) {
+        let Step::MountVerity {
+            source,
+            root_hash,
+            hash_offset,
+            check,
+            timeout,
+            target,
+        } = step
+        else {
+            misrouted(step)
+        };
+        let debug = self.opts.debug;
+        let find = step.name();
+        let image = self.phase(find, Timed::AsNamed, |_| {
+            crate::verity::find(find, source, *timeout, debug)
+        });
+        let expected = crate::verity::Expected {
+            source,
+            root_hash,
+            hash_offset: *hash_offset,
+            check: *check,
+        };
+        let verify = crate::verity::STEP;
+        let dm_node = self.phase(verify, Timed::AsNamed, |_| {
+            crate::verity::attach(verify, image, &expected)
+        });
+        let mount = plan::Role::Store.step_name();
+        self.simple(mount, || crate::verity::mount(mount, &dm_node, target))
     }
 }
 

@@ -65,6 +65,8 @@ pub struct Options {
     /// `nixboot.cwd=BASE64` (`nixboot-qemu --share-cwd`): where the share tagged `cwd` is
     /// mounted read-write, decoded (an absolute path).
     pub cwd: Option<String>,
+    /// `nixboot.verity.*`: a dm-verity store image mounted on /nix/store (verity/options.rs).
+    pub verity: crate::verity::options::VerityOptions,
     /// Malformed values of our keys, in command-line order (each value was ignored).
     pub warnings: Vec<String>,
 }
@@ -187,6 +189,7 @@ impl Default for Options {
             init_args: Vec::new(),
             exec: None,
             cwd: None,
+            verity: Default::default(),
             warnings: Vec::new(),
         }
     }
@@ -396,6 +399,9 @@ fn apply_nixboot(o: &mut Options, key: &str, value: Option<&str>) -> Result<(), 
             Ok(p) => return Err(format!("{p:?} is not an absolute path below /, ignored")),
             Err(e) => return Err(format!("not a path in base64 ({e}), ignored")),
         },
+        k if k.starts_with("nixboot.verity.") => {
+            return crate::verity::options::apply(&mut o.verity, k, value)
+        }
         // Our namespace: a typo here would otherwise go unnoticed.
         _ => {
             return Err(format!(
@@ -416,6 +422,7 @@ const NIXBOOT_KEYS: &[&str] = &[
     "nixboot.debug",
     "nixboot.exec",
     "nixboot.cwd",
+    "nixboot.verity.*",
 ];
 
 /// dracut's booleans: a bare key is `1`.
@@ -438,7 +445,7 @@ pub fn describe_timeout(t: Duration) -> String {
 
 type MakeSpec = fn(String) -> BlockSpec;
 
-fn parse_root(v: &str) -> Result<Root, String> {
+pub(crate) fn parse_root(v: &str) -> Result<Root, String> {
     if v == "tmpfs" {
         return Ok(Root::Tmpfs);
     }

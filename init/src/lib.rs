@@ -26,6 +26,7 @@ pub mod nixos;
 pub mod plan;
 pub mod store;
 pub mod switch_root;
+pub mod verity;
 pub mod virtiofs;
 pub mod wait;
 

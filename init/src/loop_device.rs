@@ -66,7 +66,7 @@ unsafe impl rustix::ioctl::Ioctl for Raw {
     }
 }
 
-fn ioctl(fd: impl AsFd, opcode: u32, arg: *mut std::ffi::c_void) -> Result<i32, Errno> {
+pub(crate) fn ioctl(fd: impl AsFd, opcode: u32, arg: *mut std::ffi::c_void) -> Result<i32, Errno> {
     // SAFETY: see `Raw`; the pointers outlive the call.
     unsafe {
         rustix::ioctl::ioctl(

@@ -19,6 +19,7 @@ pub mod output;
 pub mod store;
 #[doc(hidden)]
 pub mod testutil;
+pub mod verity;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

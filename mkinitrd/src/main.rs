@@ -96,6 +96,44 @@ enum Command {
         /// The initramfs file to read.
         file: PathBuf,
     },
+    /// Writes the closure's store as a read-only erofs image with a dm-verity hash tree
+    /// appended (one disk image); prints the root hash on standard output.
+    Verity(VerityArgs),
+    /// Checks an image written by `mkinitrd verity` against a root hash (exit 1 on a mismatch).
+    VerityCheck {
+        /// The root hash (64 hex digits) the image must have.
+        #[arg(long, value_name = "HEX")]
+        root_hash: String,
+        /// Where the verity superblock is [default: found after the data].
+        #[arg(long, value_name = "BYTES")]
+        hash_offset: Option<u64>,
+        /// The image to check.
+        image: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+struct VerityArgs {
+    /// The system whose closure to pack (checked to be among the store paths).
+    #[arg(long, value_name = "RESULT")]
+    closure: Option<PathBuf>,
+    /// The store paths, one per line (closureInfo's store-paths) [default:
+    /// $NIXBOOT_CLOSURE_INFO/store-paths when set].
+    #[arg(long, value_name = "FILE")]
+    store_paths: Option<PathBuf>,
+    /// The host directory holding the store paths [default: /nix/store]; without
+    /// --store-paths, every entry of it is packed.
+    #[arg(long, value_name = "DIR")]
+    store_dir: Option<PathBuf>,
+    /// The image to write (replaced atomically).
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// The salt in hex [default: the SHA-256 of the erofs image].
+    #[arg(long, value_name = "HEX", value_parser = parse_hex)]
+    salt: Option<Salt>,
+    /// The mkfs.erofs to run.
+    #[arg(long, value_name = "PATH", default_value = "mkfs.erofs")]
+    mkfs_erofs: PathBuf,
 }
 
 /// The exit codes, said in --help.
@@ -127,6 +165,12 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Some(Command::Inspect { extract, file }) => inspect(&file, extract.as_deref()),
+        Some(Command::Verity(args)) => verity(args),
+        Some(Command::VerityCheck {
+            root_hash,
+            hash_offset,
+            image,
+        }) => verity_check(&root_hash, hash_offset, &image),
         None => build(cli.build),
     };
     match result {
@@ -151,6 +195,78 @@ fn render(e: &anyhow::Error) -> String {
         }
     }
     line
+}
+
+/// `--salt`'s bytes (a newtype: clap reads a bare `Vec` as a list of values).
+#[derive(Clone, Debug)]
+struct Salt(Vec<u8>);
+
+fn parse_hex(s: &str) -> Result<Salt, String> {
+    if s.len() & 1 == 1 || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!("{s:?} is not an even number of hex digits"));
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()
+        .map(Salt)
+}
+
+fn verity(args: VerityArgs) -> anyhow::Result<ExitCode> {
+    let opts = mkinitrd::verity::VerityOptions {
+        store: EmbedStore {
+            store_paths: args.store_paths.or_else(|| {
+                std::env::var_os(CLOSURE_INFO_ENV)
+                    .filter(|v| !v.is_empty())
+                    .map(|d| PathBuf::from(d).join("store-paths"))
+            }),
+            store_dir: args.store_dir,
+        },
+        closure: args.closure,
+        output: args.output,
+        salt: args.salt.map(|s| s.0),
+        timestamp: source_date_epoch()?,
+        mkfs_erofs: args.mkfs_erofs,
+    };
+    let image = mkinitrd::verity::build(&opts)?;
+    let hex = nixboot_protocol::verity::hex;
+    println!("{}", hex(&image.root_hash));
+    eprintln!(
+        "mkinitrd: wrote {} ({} bytes, {} store paths, {} data blocks, hash offset {}, salt {}); \
+         attach it with: {}",
+        opts.output.display(),
+        image.size,
+        image.store_paths,
+        image.data_blocks,
+        image.hash_offset,
+        hex(&image.salt),
+        image.cmdline("PARTUUID=...|LABEL=...|/dev/vdX")
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// SOURCE_DATE_EPOCH, the reproducible-builds convention, else 0.
+fn source_date_epoch() -> anyhow::Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")),
+        Err(_) => Ok(0),
+    }
+}
+
+fn verity_check(root_hash: &str, offset: Option<u64>, image: &Path) -> anyhow::Result<ExitCode> {
+    let Some(root) = nixboot_protocol::verity::parse_root_hash(root_hash) else {
+        anyhow::bail!("--root-hash {root_hash:?} is not 64 hex digits");
+    };
+    let c = mkinitrd::verity::check(image, &root, offset)?;
+    eprintln!(
+        "mkinitrd: {} matches its root hash ({} data blocks, hash offset {})",
+        image.display(),
+        c.superblock.data_blocks,
+        c.hash_offset
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {

@@ -20,5 +20,6 @@ pub mod exec;
 pub mod initrd;
 pub mod probe;
 pub mod timings;
+pub mod verity;
 
 pub use initrd::*;

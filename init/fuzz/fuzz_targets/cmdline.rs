@@ -36,12 +36,24 @@ fuzz_target!(|data: &[u8]| {
         let moved = at(|s| matches!(s, Step::MoveSpecialMounts { .. }));
         let prepare = at(|s| matches!(s, Step::PrepareRoot { .. }));
         assert!(check < moved && moved < prepare);
-        // A block mount is its wait and its mount, one step; every other step is one phase.
+        // A block mount is its wait and its mount, one step; a verity store is its image,
+        // its target and its mount; every other step is one phase.
         for s in &p.steps {
             let phases = s.phases();
-            let block = matches!(s, Step::MountBlock { .. });
-            assert_eq!(phases.len(), if block { 2 } else { 1 });
+            let expected = match s {
+                Step::MountBlock { .. } => 2,
+                Step::MountVerity { .. } => 3,
+                _ => 1,
+            };
+            assert_eq!(phases.len(), expected);
             assert_eq!(phases[0].0, s.name());
+        }
+        // A verity store is never mounted over by a share or an embedded copy.
+        if p.steps.iter().any(|s| matches!(s, Step::MountVerity { .. })) {
+            assert!(!p.steps.iter().any(|s| matches!(
+                s,
+                Step::CopyEmbeddedStore { .. } | Step::MountOverlay { .. }
+            )));
         }
     }
 });

@@ -51,8 +51,11 @@ pub fn open_in_root(root: &OwnedFd, path: &str) -> Result<Vec<u8>, Unusable> {
     let mut got = 0;
     while got < buf.len() {
         match rustix::io::read(&fd, &mut buf[got..]) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
             Ok(n) => got += n,
+            Err(Errno::INTR) => {}
+            // Never read an error as a short file: under dm-verity a changed block is EIO.
+            Err(e) => return Err(Unusable::Sys(e)),
         }
     }
     buf.truncate(got);

@@ -55,13 +55,14 @@ pub mod root;
 pub mod step;
 pub mod store;
 pub mod switch;
+pub mod verity;
 
 pub use early::{EarlyMount, DEV_LINKS, EARLY_MOUNTS};
 pub use options::{options, split_mount_options};
 pub use step::{Role, Step};
 pub use switch::{NEXT_INIT_ENV, TIMINGS_PATH};
 
-use crate::cmdline::Options;
+use crate::cmdline::{Options, ShareChoice};
 use nixboot_protocol::InitrdConfig;
 
 /// Where the new root is assembled before the switch.
@@ -106,7 +107,37 @@ pub fn build(opts: &Options, config: &InitrdConfig) -> Result<Plan, PlanError> {
     let mut steps = modules::plan(opts, config, &mut notes);
     let root = root::plan(opts, &mut notes)?;
     steps.push(root.step);
-    steps.extend(store::plan(opts, config, &mut notes));
+    match verity::plan(opts)? {
+        // The verified store replaces any store share and the embedded store's copy (which
+        // may carry the image itself); the modules share stays.
+        Some(step) => {
+            steps.push(step);
+            if config.embedded_store.is_some() || opts.store != ShareChoice::Default {
+                notes.push(
+                    "the store is the verity image: nixboot.store= and an embedded store \
+                     are not mounted on /nix/store"
+                        .into(),
+                );
+            }
+            // An initrd carrying a store boots without a modules share unless one is named.
+            let modules = match (&config.embedded_store, &opts.modules) {
+                (Some(_), ShareChoice::Default) => ShareChoice::Off,
+                (_, m) => m.clone(),
+            };
+            let opts = Options {
+                store: ShareChoice::Off,
+                store_overlay: false,
+                modules,
+                ..opts.clone()
+            };
+            let config = InitrdConfig {
+                embedded_store: None,
+                ..config.clone()
+            };
+            steps.extend(store::plan(&opts, &config, &mut notes));
+        }
+        None => steps.extend(store::plan(opts, config, &mut notes)),
+    }
     steps.extend(switch::plan(&init, root.remount_read_only));
     Ok(Plan {
         steps,

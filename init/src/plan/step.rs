@@ -4,6 +4,7 @@
 
 use super::options::options;
 use crate::cmdline::{describe_timeout, BlockSpec, Root};
+use crate::verity::options::{Check, Source};
 use rustix::mount::MountFlags;
 use std::time::Duration;
 
@@ -81,6 +82,19 @@ pub enum Step {
         fstypes: Vec<String>,
         flags: MountFlags,
         data: String,
+    },
+    /// A dm-verity store (`nixboot.verity.*`, verity/): find the image (phase `wait-store`:
+    /// the bounded wait for its block device, or `loop-store`: its initramfs file on a loop
+    /// device), set up the verity target and read through it (phase `verity`), mount its
+    /// erofs read-only on `target` (phase `mount-store`). The device goes from phase to
+    /// phase as a value.
+    MountVerity {
+        source: Source,
+        root_hash: [u8; 32],
+        hash_offset: u64,
+        check: Check,
+        timeout: Duration,
+        target: String,
     },
     /// Bring the store packed in the initramfs into the new root (copy, unlink each source).
     CopyEmbeddedStore { from: String, to: String },
@@ -168,6 +182,7 @@ impl Step {
             | Step::MountVirtiofs { role, .. }
             | Step::MountOverlay { role, .. } => role.step_name(),
             Step::MountBlock { role, .. } => role.wait_name(),
+            Step::MountVerity { source, .. } => crate::verity::source_phase(source),
             Step::CopyEmbeddedStore { .. } => "copy-store",
             Step::RemountReadOnly { .. } => "remount-root-ro",
             Step::CheckInit { .. } => "check-init",
@@ -213,6 +228,7 @@ impl Step {
                 describe_timeout(*timeout)
             )),
             Step::MountBlock { .. } => self.block_phases(),
+            Step::MountVerity { .. } => self.verity_phases(),
             Step::CopyEmbeddedStore { from, to } => one(copy_text(from, to)),
             Step::MountOverlay {
                 target,
@@ -246,6 +262,46 @@ impl Step {
             Step::SwitchRoot { new_root } => one(format!("{new_root} becomes /")),
             Step::WriteTimings { path } => one(path.clone()),
         }
+    }
+
+    fn verity_phases(&self) -> Vec<(&'static str, String)> {
+        let Step::MountVerity {
+            source,
+            root_hash,
+            hash_offset,
+            check,
+            timeout,
+            target,
+        } = self
+        else {
+            return Vec::new();
+        };
+        let find = match source {
+            Source::Block(_) => format!(
+                "block device {source}, waiting up to {}",
+                describe_timeout(*timeout)
+            ),
+            Source::File(p) => format!("{p} on a loop device, read-only"),
+        };
+        let reads = match check {
+            Check::First => "the first block",
+            Check::Full => "every block",
+        };
+        vec![
+            (self.name(), find),
+            (
+                crate::verity::STEP,
+                format!(
+                    "dm-verity target on that device, root hash {}, hash tree at byte \
+                     {hash_offset}; {reads} read through it",
+                    nixboot_protocol::verity::hex(root_hash)
+                ),
+            ),
+            (
+                Role::Store.step_name(),
+                mount_text("the verity device", target, "erofs", MountFlags::RDONLY, ""),
+            ),
+        ]
     }
 
     fn block_phases(&self) -> Vec<(&'static str, String)> {
