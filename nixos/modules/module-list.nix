@@ -7,7 +7,25 @@
   };
   baremetal = ./baremetal;
   profiles = {
-    controller = ./profiles/controller.nix;
+    # with the per-guest state (ssh host keys, results) of controller/guest-state.nix
+    controller = { imports = [ ./profiles/controller.nix ./controller/guest-state.nix ]; };
+    devel = ./profiles/devel.nix;
+    build-tools = ./profiles/build-tools.nix;
+    monitoring = ./profiles/monitoring.nix;
+  };
+  # kdevops-style guests: ssh for the controller, extra disks by serial, loop.
+  guest = ./guest;
+  # nixboot.testSuites.<name>; `default` holds the options they share and imports them all.
+  testSuites = {
+    default = ./testSuites;
+    fstests = ./testSuites/fstests.nix;
+    blktests = ./testSuites/blktests.nix;
+    ltp = ./testSuites/ltp.nix;
+    selftests = ./testSuites/selftests.nix;
+    mmtests = ./testSuites/mmtests.nix;
+    pynfs = ./testSuites/pynfs.nix;
+    sysbench = ./testSuites/sysbench.nix;
+    gitr = ./testSuites/gitr.nix;
   };
   user = ./user.nix;
   mounts = {

@@ -436,8 +436,10 @@ let
           "option documentation of nixboot.* renders (${toString (builtins.length (builtins.attrNames rendered))} options)")
       ];
     };
+  # ------------------------------------------------------------------ kdevops
+  kdevops = import ./eval-kdevops.nix { inherit lib nixosSystem modules readDrvs hasInfix checker strict toplevelFact drvText; };
 in
 {
-  inherit imageless libvirt baremetal controller assertions;
+  inherit imageless libvirt baremetal controller assertions kdevops;
   nixosinit = nixosInit;
 } // lib.optionalAttrs (flake != null) { flake = flakeOutputs; }
