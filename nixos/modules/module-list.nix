@@ -7,15 +7,16 @@
   };
   baremetal = ./baremetal;
   profiles = {
-    # with the per-guest state (ssh host keys, results) of controller/guest-state.nix
-    controller = { imports = [ ./profiles/controller.nix ./controller/guest-state.nix ]; };
+    controller = ./profiles/controller.nix;
     devel = ./profiles/devel.nix;
     build-tools = ./profiles/build-tools.nix;
     monitoring = ./profiles/monitoring.nix;
   };
+  # The controller's per-guest state (ssh host keys, results), with the controller profile.
+  controller.guestState = ./controller/guest-state.nix;
   # kdevops-style guests: ssh for the controller, extra disks by serial, loop.
   guest = ./guest;
-  # nixboot.testSuites.<name>; `default` holds the options they share and imports them all.
+  # nixboot.testSuites.<name> (each with the options they share, testSuites/common.nix); `default`: all.
   testSuites = {
     default = ./testSuites;
     fstests = ./testSuites/fstests.nix;

@@ -122,7 +122,7 @@ in
     (check (hasInfix "./run_kselftest.sh -c ${q "net"}" (script "selftests")) "selftests: run_kselftest.sh -c net")
     (check (hasInfix "./run-mmtests.sh --no-monitor --config configs/${q "config-workload-stream-single"} ${q "nixboot"}" (script "mmtests"))
       "mmtests: run-mmtests.sh --config configs/<config>")
-    (check (hasInfix "nfs4.1/testserver.py\" --maketree" (script "pynfs") && hasInfix "${q "127.0.0.1:/export/pynfs"} ${qs [ "all" ]}" (script "pynfs")
+    (check (hasInfix "cd \"$tree/nfs4.1\" && python3 ./testserver.py --json=\"$run/pynfs-4.1.json\" --maketree --uid=0 --gid=0" (script "pynfs") && hasInfix "${q "127.0.0.1:/export/pynfs"} ${qs [ "all" ]}" (script "pynfs")
       && g.services.nfs.server.enable && hasInfix "/export/pynfs 127.0.0.1(rw" g.services.nfs.server.exports
       && elem "nfs-server.service" (unit "pynfs").after)
       "pynfs: testserver.py 4.0 and 4.1 against the guest's own NFS server and export")
@@ -148,10 +148,11 @@ in
     (check (hasInfix "<target dir='nixboot-ssh'/>" kd.xml && hasInfix "/var/lib/nixboot/guests/kd/ssh" kd.xml
       && hasInfix "<target dir='results'/>" kd.xml)
       "controller: the domain XML carries both shares")
-    (let p = c.systemd.services.nixboot-guest-kd.preStart; in
-    check (hasInfix "ssh-keygen -q -t ed25519 -N \"\" -C ${q "nixboot-guest-kd"}" p && hasInfix "if [ ! -s \"$dir/ssh_host_ed25519_key\" ]" p
+    (let u = c.systemd.services.nixboot-guest-state-kd; p = u.script; in
+    check (elem "nixboot-guest-kd.service" u.requiredBy && elem "nixboot-guest-kd.service" u.before
+      && elem "nixboot-virtiofsd-kd-nixboot-ssh.service" u.before && hasInfix "ssh-keygen -q -t ed25519 -N \"\" -C ${q "nixboot-guest-kd"}" p && hasInfix "if [ ! -s \"$dir/ssh_host_ed25519_key\" ]" p
       && hasInfix "\"$dir/authorized_keys.d.tmp\"/${q "root"}" p && hasInfix "/var/lib/nixboot/guests/kd/known_hosts" p)
-      "controller: before defining kd, its host key is made once, authorized_keys.d/root written, known_hosts updated")
+      "controller: nixboot-guest-state-kd, before kd's unit (and a virtiofsd unit of the share), makes its host key once, writes authorized_keys.d/root, known_hosts")
     (check (hasInfix "Host kd\n  HostKeyAlias nixboot-guest-kd\n  UserKnownHostsFile /var/lib/nixboot/guests/kd/known_hosts" c.programs.ssh.extraConfig
       && c.virtualisation.libvirtd.nss.enableGuest)
       "controller: `ssh kd` checks the guest's stable key (HostKeyAlias), libvirt_guest NSS resolves kd")

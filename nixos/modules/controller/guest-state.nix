@@ -61,14 +61,18 @@ let
 
   keysFile = user: keys: pkgs.writeText "nixboot-authorized-keys-${user}" (lib.concatMapStrings (k: "${k}\n") keys);
 
-  # Runs before the guest's unit defines the domain: virtiofsd needs the directories.
+  # Runs before the guest's unit defines the domain: virtiofsd needs the directories. The
+  # key is readable by the group of the controller's own virtiofsd (when it has one), which
+  # serves read-only shares; the guest copies it with sshd's modes.
   prepare = name: guest: lib.optionalString guest.ssh.enable ''
     dir=${lib.escapeShellArg "${guestDir name}/ssh"}
-    install -d -m 0700 "$dir"
+    install -d -m 0750 -g ${keyGroup} "$dir"
     if [ ! -s "$dir/ssh_host_ed25519_key" ]; then
       rm -f "$dir/ssh_host_ed25519_key" "$dir/ssh_host_ed25519_key.pub"
       ssh-keygen -q -t ed25519 -N "" -C ${lib.escapeShellArg (alias name)} -f "$dir/ssh_host_ed25519_key"
     fi
+    chgrp ${keyGroup} "$dir/ssh_host_ed25519_key"
+    chmod 0640 "$dir/ssh_host_ed25519_key"
     rm -rf "$dir/authorized_keys.d.tmp"
     install -d -m 0755 "$dir/authorized_keys.d.tmp"
     ${lib.concatStrings (lib.mapAttrsToList (user: keys: ''
@@ -84,9 +88,15 @@ let
   '';
 
   sshGuests = lib.filterAttrs (_: g: g.ssh.enable) cfg.guests;
+
+  # The units of a controller that serves read-only shares with its own unprivileged
+  # virtiofsd (nixboot-virtiofsd-<guest>-<tag>): they must start after the directory
+  # exists, and their user must be able to read the key (group below).
+  shareUnits = name: guest: lib.optional guest.ssh.enable "nixboot-virtiofsd-${name}-${guest.ssh.tag}.service";
+  keyGroup = if config.users.groups ? nixboot-virtiofsd then "nixboot-virtiofsd" else "root";
 in
 {
-  imports = [ ../core.nix ];
+  imports = [ ../core.nix ../profiles/controller.nix ];
 
   options.nixboot.controller = {
     stateDir = mkOption {
@@ -101,10 +111,24 @@ in
   };
 
   config = mkIf (cfg.guests != { }) {
-    systemd.services = lib.mapAttrs' (name: guest: lib.nameValuePair "nixboot-guest-${name}" (
+    # A unit of its own, before the guest's unit and before any virtiofsd unit serving
+    # these shares (a controller that runs virtiofsd itself checks that the directory
+    # exists when it starts).
+    systemd.services = lib.mapAttrs' (name: guest: lib.nameValuePair "nixboot-guest-state-${name}" (
       mkIf (guest.system != null && (guest.ssh.enable || guest.results.enable)) {
+        description = "nixboot: state of guest ${name} (ssh host key, authorized keys, results directory)";
+        requiredBy = [ "nixboot-guest-${name}.service" ];
+        wantedBy = shareUnits name guest;
+        before = [ "nixboot-guest-${name}.service" ] ++ shareUnits name guest;
         path = [ pkgs.openssh pkgs.coreutils ];
-        preStart = prepare name guest;
+        serviceConfig = {
+          Type = "oneshot";
+          RemainAfterExit = true;
+        };
+        script = ''
+          set -euo pipefail
+          ${prepare name guest}
+        '';
       })) cfg.guests;
 
     # `ssh <name>` checks the guest's key under its alias; libvirt's NSS module resolves

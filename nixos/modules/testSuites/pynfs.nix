@@ -53,8 +53,8 @@ in
       script = ''
         status=0
         ${lib.concatMapStrings (v: ''
-          python3 "$tree/nfs${v}/testserver.py" --maketree --json="$run/pynfs-${v}.json" \
-            ${lib.escapeShellArg "${cfg.server}:${cfg.export}"} ${lib.escapeShellArgs cfg.tests} || status=$?
+          (cd "$tree/nfs${v}" && python3 ./testserver.py --json="$run/pynfs-${v}.json" --maketree --uid=0 --gid=0 \
+            ${lib.escapeShellArg "${cfg.server}:${cfg.export}"} ${lib.escapeShellArgs cfg.tests}) || status=$?
         '') cfg.versions}
         exit $status
       '';
