@@ -441,7 +441,7 @@ let
       ];
     };
   # ------------------------------------------------------------------ kdevops
-  kdevops = import ./eval-kdevops.nix { inherit lib nixosSystem modules readDrvs hasInfix checker strict toplevelFact drvText; };
+  kdevops = import ./eval-kdevops.nix { inherit lib nixosSystem modules hasInfix checker strict toplevelFact; };
 in
 {
   inherit imageless libvirt baremetal controller assertions kdevops;
