@@ -154,6 +154,14 @@ in
       && elem "nixboot-virtiofsd-kd-nixboot-ssh.service" u.before && hasInfix "ssh-keygen -q -t ed25519 -N \"\" -C ${q "nixboot-guest-kd"}" p && hasInfix "if [ ! -s \"$dir/ssh_host_ed25519_key\" ]" p
       && hasInfix "\"$dir/authorized_keys.d.tmp\"/${q "root"}" p && hasInfix "/var/lib/nixboot/guests/kd/known_hosts" p)
       "controller: nixboot-guest-state-kd, before kd's unit (and a virtiofsd unit of the share), makes its host key once, writes authorized_keys.d/root, known_hosts")
+    (let
+      s = c.systemd.services.nixboot-guest-state-kd.script;
+      # A controller serving read-only shares with its own unprivileged virtiofsd has this unit.
+      external = c.systemd.services ? "nixboot-virtiofsd-kd-nixboot-ssh";
+      group = if external then "nixboot-virtiofsd" else "root";
+    in
+    check (hasInfix "chgrp ${group} \"$dir/ssh_host_ed25519_key\"" s && hasInfix "chmod 0640 \"$dir/ssh_host_ed25519_key\"" s)
+      "controller: the host key is 0640, group ${group} (${if external then "the controller's virtiofsd serves the read-only share" else "libvirt's virtiofsd serves it as root"})")
     (check (hasInfix "Host kd\n  HostKeyAlias nixboot-guest-kd\n  UserKnownHostsFile /var/lib/nixboot/guests/kd/known_hosts" c.programs.ssh.extraConfig
       && c.virtualisation.libvirtd.nss.enableGuest)
       "controller: `ssh kd` checks the guest's stable key (HostKeyAlias), libvirt_guest NSS resolves kd")
