@@ -7,6 +7,12 @@
     ./backends/libvirt.nix
     ./baremetal
     ./profiles/controller.nix
+    ./profiles/devel.nix
+    ./profiles/build-tools.nix
+    ./profiles/monitoring.nix
+    ./controller/guest-state.nix
+    ./guest
+    ./testSuites
     ./user.nix
     ./mounts/shares.nix
     ./mounts/storage.nix

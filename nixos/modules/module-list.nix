@@ -8,6 +8,25 @@
   baremetal = ./baremetal;
   profiles = {
     controller = ./profiles/controller.nix;
+    devel = ./profiles/devel.nix;
+    build-tools = ./profiles/build-tools.nix;
+    monitoring = ./profiles/monitoring.nix;
+  };
+  # The controller's per-guest state (ssh host keys, results), with the controller profile.
+  controller.guestState = ./controller/guest-state.nix;
+  # kdevops-style guests: ssh for the controller, extra disks by serial, loop.
+  guest = ./guest;
+  # nixboot.testSuites.<name> (each with the options they share, testSuites/common.nix); `default`: all.
+  testSuites = {
+    default = ./testSuites;
+    fstests = ./testSuites/fstests.nix;
+    blktests = ./testSuites/blktests.nix;
+    ltp = ./testSuites/ltp.nix;
+    selftests = ./testSuites/selftests.nix;
+    mmtests = ./testSuites/mmtests.nix;
+    pynfs = ./testSuites/pynfs.nix;
+    sysbench = ./testSuites/sysbench.nix;
+    gitr = ./testSuites/gitr.nix;
   };
   user = ./user.nix;
   mounts = {

@@ -474,6 +474,10 @@ let
         (check (all (n: lib.hasAttrByPath n m) [ [ "backends" "imageless" ] [ "backends" "libvirt" ] [ "baremetal" ]
           [ "profiles" "controller" ] [ "user" ] [ "mounts" "shares" ] [ "mounts" "storage" ] [ "default" ] ])
           "nixosModules: backends.{imageless,libvirt} baremetal profiles.controller user mounts.{shares,storage} default")
+        (check (all (n: lib.hasAttrByPath n m) ([ [ "guest" ] [ "controller" "guestState" ] [ "testSuites" "default" ] ]
+          ++ map (p: [ "profiles" p ]) [ "devel" "build-tools" "monitoring" ]
+          ++ map (s: [ "testSuites" s ]) [ "fstests" "blktests" "ltp" "selftests" "mmtests" "pynfs" "sysbench" "gitr" ]))
+          "nixosModules: guest, controller.guestState, profiles.{devel,build-tools,monitoring}, testSuites.{default,fstests,...,gitr}")
         (check (all (t: builtins.pathExists (flake.templates.${t}.path + "/flake.nix")) [ "imageless" "libvirt" ])
           "templates: imageless, libvirt")
         (let
@@ -508,8 +512,10 @@ let
           "option documentation of nixboot.* renders (${toString (builtins.length (builtins.attrNames rendered))} options)")
       ];
     };
+  # ------------------------------------------------------------------ kdevops
+  kdevops = import ./eval-kdevops.nix { inherit lib nixosSystem modules hasInfix checker strict toplevelFact; };
 in
 {
-  inherit imageless libvirt baremetal controller assertions;
+  inherit imageless libvirt baremetal controller assertions kdevops;
   nixosinit = nixosInit;
 } // lib.optionalAttrs (flake != null) { flake = flakeOutputs; }
