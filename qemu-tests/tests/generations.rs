@@ -1,0 +1,321 @@
+//! Generations with boot counting and rollback, booted for real: OVMF runs systemd-boot
+//! (Debian's systemd-boot-efi) from a FAT ESP image holding two Boot Loader Specification
+//! entries named as the NixOS module names them (nixos/modules/boot-counting.nix):
+//! generation 2 with `+TRIES` whose init fails (a missing init=, the init's failure action
+//! `reboot`), generation 1 good (the probe). QEMU may reboot: systemd-boot decrements the
+//! counter on each try (renaming the entry file on the ESP), sorts the exhausted entry
+//! last, and the good generation boots. The host counts the init's status lines (one per
+//! boot, naming why each failed), reads which generation each kernel was told to start,
+//! and reads the counters back from the ESP with mtools.
+
+mod common;
+
+use common::{kit, Kit};
+use nixboot_launcher::accel;
+use nixboot_protocol::console::{StatusLine, STATUS_MARKER};
+use nixboot_protocol::probe::ProbeReport;
+use qemu_tests::artifacts::{self, fake_store_name};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The module's default `nixboot.bootCounting.tries`.
+const TRIES: usize = 3;
+/// Four firmware boots (three failing) on a loaded machine.
+const RUN_TIMEOUT: Duration = Duration::from_secs(420);
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+
+/// The firmware parts and mtools, or `None` after a loud SKIP.
+fn firmware_parts(test: &str) -> Option<()> {
+    for p in [OVMF_CODE, OVMF_VARS, SYSTEMD_BOOT] {
+        if !Path::new(p).is_file() {
+            artifacts::skip(
+                test,
+                &format!("{p} is missing (.ci/setup-real-parts' step `firmware and ESP tools`)"),
+            );
+            return None;
+        }
+    }
+    for tool in ["mkfs.vfat", "mcopy", "mmd", "mdir", "mtype"] {
+        artifacts::require_tool(test, tool)?;
+    }
+    Some(())
+}
+
+/// Runs an mtools command on `image` (`::/path` names), failing the test on error.
+fn mtools(tool: &str, image: &Path, args: &[&str]) -> String {
+    let out = Command::new(tool)
+        .arg("-i")
+        .arg(image)
+        .args(args)
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    assert!(
+        out.status.success(),
+        "{tool} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A BLS type #1 entry as the module writes it: the kernel and initrd on the ESP, the
+/// generation's init and a marker after `--` (the probe reports its argv).
+fn entry(generation: u32, init: &str) -> String {
+    format!(
+        "title NixOS (Generation {generation})\nversion Generation {generation}\n\
+         linux /EFI/nixos/kernel\ninitrd /EFI/nixos/initrd\n\
+         options console=ttyS0,115200 panic=-1 root=tmpfs rd.emergency=reboot rd.timeout=10 \
+         init={init} -- generation-{generation}\n"
+    )
+}
+
+/// A 64 MiB FAT ESP with systemd-boot as the removable-media loader, `loader.conf` as the
+/// module rewrites it, the kernel and initrd, and `entries` (file name, text).
+fn make_esp(kit: &Kit, initrd: &Path, entries: &[(String, String)]) -> PathBuf {
+    let esp = kit.path("esp.img");
+    let st = Command::new("mkfs.vfat")
+        .args(["-F", "32", "-n", "ESP", "-C"])
+        .arg(&esp)
+        .arg("65536")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "mkfs.vfat");
+    for d in [
+        "::/EFI",
+        "::/EFI/BOOT",
+        "::/EFI/nixos",
+        "::/loader",
+        "::/loader/entries",
+    ] {
+        mtools("mmd", &esp, &[d]);
+    }
+    let put = |host: &Path, to: &str| mtools("mcopy", &esp, &[host.to_str().unwrap(), to]);
+    put(Path::new(SYSTEMD_BOOT), "::/EFI/BOOT/BOOTX64.EFI");
+    put(&kit.env.kernel, "::/EFI/nixos/kernel");
+    put(initrd, "::/EFI/nixos/initrd");
+    let loader = kit.path("loader.conf");
+    fs::write(&loader, "timeout 0\ndefault nixos-generation-*\n").unwrap();
+    put(&loader, "::/loader/loader.conf");
+    for (name, text) in entries {
+        let p = kit.path(name);
+        fs::write(&p, text).unwrap();
+        put(&p, &format!("::/loader/entries/{name}"));
+    }
+    esp
+}
+
+/// What a firmware run printed and how it ended.
+struct FirmwareRun {
+    console: String,
+    elapsed: Duration,
+    timed_out: bool,
+}
+
+/// Boots OVMF with `esp` as a virtio disk, rebooting allowed, until the guest powers off
+/// (QEMU exits), [`RUN_TIMEOUT`], or more boots than the counters allow (a runaway loop).
+fn run_firmware(kit: &Kit, esp: &Path) -> FirmwareRun {
+    let vars = kit.path("OVMF_VARS.fd");
+    fs::copy(OVMF_VARS, &vars).unwrap();
+    let console = kit.path("console.log");
+    let accel = accel::choose(&kit.env.qemu, &kit.env.kernel);
+    let mut child = Command::new(&kit.env.qemu)
+        .args(accel.accel.qemu_args())
+        .args([
+            "-machine",
+            "q35",
+            "-m",
+            "512",
+            "-nodefaults",
+            "-display",
+            "none",
+        ])
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars.display()
+        ))
+        .arg("-drive")
+        .arg(format!("file={},format=raw,if=virtio", esp.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting QEMU");
+    let start = Instant::now();
+    let mut timed_out = false;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        let text = fs::read_to_string(&console).unwrap_or_default();
+        if start.elapsed() > RUN_TIMEOUT || status_lines(&text).len() > TRIES + 2 {
+            timed_out = true;
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    FirmwareRun {
+        console: String::from_utf8_lossy(&fs::read(&console).unwrap_or_default()).into_owned(),
+        elapsed: start.elapsed(),
+        timed_out,
+    }
+}
+
+/// Every `nixboot-status:` line (one per boot that reached the init), in order.
+fn status_lines(console: &str) -> Vec<StatusLine> {
+    console
+        .lines()
+        .filter_map(|l| l.find(STATUS_MARKER).map(|i| &l[i..]))
+        .filter_map(|l| StatusLine::parse(l.trim_end()).ok())
+        .collect()
+}
+
+/// The generation marker of each kernel's `Command line:` (one per boot), in order.
+fn booted_generations(console: &str) -> Vec<String> {
+    console
+        .lines()
+        .filter(|l| l.contains("Command line:"))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("generation-")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The entry file names in the ESP's loader/entries, sorted.
+fn entry_names(esp: &Path) -> Vec<String> {
+    let out = mtools("mdir", esp, &["-b", "::/loader/entries"]);
+    let mut names: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.rsplit('/').next())
+        .filter(|n| n.ends_with(".conf"))
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn broken_generation_is_tried_then_rolled_back() {
+    let test = "broken_generation_is_tried_then_rolled_back";
+    let Some(kit) = kit(test) else { return };
+    let Some(()) = firmware_parts(test) else {
+        return;
+    };
+    let probe = kit.probe_store("store");
+    // The store travels in the initrd: no virtiofs, no modules (OVMF boots no share).
+    let list = kit.path("store-paths");
+    fs::write(
+        &list,
+        format!(
+            "/nix/store/{}\n",
+            probe.system.file_name().unwrap().to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let opts = mkinitrd::BuildOptions {
+        closure: Some(probe.system.clone()),
+        output: kit.path("initrd"),
+        init: Some(kit.bins.init.clone()),
+        embed_store: Some(mkinitrd::EmbedStore {
+            store_paths: Some(list),
+            store_dir: Some(probe.store.clone()),
+        }),
+        ..Default::default()
+    };
+    mkinitrd::build(&opts).expect("mkinitrd");
+    // Generation 2's toplevel is not in this store: its init= names a missing path, as a
+    // generation whose stage 2 cannot start.
+    let broken_init = format!("/nix/store/{}/init", fake_store_name(test, "generation-2"));
+    let good = format!("nixos-generation-1+{TRIES}.conf");
+    let bad = format!("nixos-generation-2+{TRIES}.conf");
+    let esp = make_esp(
+        &kit,
+        &opts.output,
+        &[
+            (good.clone(), entry(1, &probe.init)),
+            (bad.clone(), entry(2, &broken_init)),
+        ],
+    );
+    assert_eq!(entry_names(&esp), [good.clone(), bad.clone()]);
+
+    let run = run_firmware(&kit, &esp);
+    if std::env::var_os("NIXBOOT_TEST_CONSOLE").is_some() {
+        eprintln!("--- {test} console ---\n{}", run.console);
+    }
+    let ctx = format!(
+        "\n--- console tail ---\n{}",
+        run.console
+            .lines()
+            .rev()
+            .take(60)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        !run.timed_out,
+        "no power off within {RUN_TIMEOUT:?} / {TRIES} tries{ctx}"
+    );
+    let gens = booted_generations(&run.console);
+    let statuses = status_lines(&run.console);
+    eprintln!("{test}: {:?}; kernels started with {gens:?}", run.elapsed);
+    for s in &statuses {
+        eprintln!("{test}: {s}");
+    }
+    // Generation 2 exactly TRIES times (newest first), then generation 1.
+    let mut want = vec!["generation-2".to_string(); TRIES];
+    want.push("generation-1".into());
+    assert_eq!(gens, want, "{ctx}");
+    assert_eq!(statuses.len(), TRIES + 1, "{ctx}");
+    for s in &statuses[..TRIES] {
+        assert_eq!(s.get("status"), Some("failed"), "{s}");
+        assert_eq!(s.get("action"), Some("reboot"), "{s}");
+        assert!(s.error().unwrap_or("").contains(&broken_init), "{s}");
+    }
+    let last = &statuses[TRIES];
+    assert_eq!(
+        (last.get("status"), last.get("init")),
+        (Some("ok"), Some(probe.init.as_str()))
+    );
+    let report = probe_report(&run.console).unwrap_or_else(|| panic!("no probe report{ctx}"));
+    assert_eq!(
+        report.argv,
+        [probe.init.as_str(), "generation-1"],
+        "{report}"
+    );
+
+    // The counters on the ESP: generation 2 spent (0 left, TRIES done), generation 1 tried
+    // once and not yet blessed (systemd-bless-boot renames it on a healthy NixOS boot).
+    let names = entry_names(&esp);
+    eprintln!("{test}: ESP entries afterwards: {names:?}");
+    assert_eq!(
+        names,
+        [
+            format!("nixos-generation-1+{}-1.conf", TRIES - 1),
+            format!("nixos-generation-2+0-{TRIES}.conf"),
+        ]
+    );
+    // Renamed, not rewritten: the entry still names the broken init.
+    let text = mtools("mtype", &esp, &[&format!("::/loader/entries/{}", names[1])]);
+    assert!(text.contains(&broken_init), "{text}");
+}
+
+/// The probe's report from a multi-boot console (the launcher's parser wants one boot).
+fn probe_report(console: &str) -> Option<ProbeReport> {
+    let facts = nixboot_launcher::console::ConsoleFacts::parse(console);
+    facts.probe.and_then(|v| ProbeReport::from_value(&v).ok())
+}
