@@ -290,11 +290,11 @@ let
           "rejected: boot counting without systemd-boot")
         (check (!(examples.example-baremetal.config.systemd.units ? "nixboot-bless-boot.service")) "off by default")
       ] ++ lib.optionals readDrvs (
-        let ht = drvText (lib.findFirst (d: hasSuffix "nixboot-boot-counting-install.drv" d)
+        let ht = builtins.readFile (lib.findFirst (d: hasSuffix "nixboot-boot-counting-install.drv" d)
           (throw "nixboot eval: no install hook derivation")
           (builtins.attrNames (builtins.getContext hook)));
         in [
-          (check (hasInfix "TRIES=3" ht && hasInfix ''$entries/$id+$TRIES.conf'' ht && hasInfix "ESP=/boot" ht)
+          (check (hasInfix "TRIES=3" ht && hasInfix ''$entries/$id+$TRIES.conf'' ht && hasInfix "ESP='/boot'" ht)
             "install hook: new entries renamed nixos-generation-N+3.conf on the ESP /boot")
           (check (hasInfix "default nixos-generation-*" ht) "install hook: loader.conf default is the newest entry with tries left")
         ]));

@@ -26,8 +26,8 @@ fn kexec_into_generation_2_from_boot_json() {
     let Some(kit) = kit(test) else { return };
     let kexec_bin = kit.bins.init.with_file_name("nixboot-kexec");
     assert!(kexec_bin.is_file(), "{} was not built", kexec_bin.display());
-    let probe = kit.probe_store("store");
-    let store = &probe.store;
+    let ps = kit.probe_store("store");
+    let store = &ps.store;
     let (g1, g2) = (
         store_name(test, "generation-1"),
         store_name(test, "generation-2"),
@@ -37,17 +37,17 @@ fn kexec_into_generation_2_from_boot_json() {
     fs::create_dir_all(&g2_dir).unwrap();
 
     // Generation 2: kernel, its own initrd (the probe's store inside), boot.json.
-    let g2_initrd = embedded_initrd(&kit, &probe.system, &[&probe.system], "g2-initrd");
+    let g2_initrd = embedded_initrd(&kit, &ps.system, &[&ps.system], "g2-initrd");
     fs::copy(&kit.env.kernel, g2_dir.join("kernel")).unwrap();
     fs::copy(&g2_initrd, g2_dir.join("initrd")).unwrap();
     let boot_json = serde_json::json!({ "org.nixos.bootspec.v1": {
-        "init": probe.init, "kernel": format!("/nix/store/{g2}/kernel"),
+        "init": ps.init, "kernel": format!("/nix/store/{g2}/kernel"),
         "initrd": format!("/nix/store/{g2}/initrd"), "label": "generation 2",
         "kernelParams": ["console=ttyS0,115200", "panic=-1", "root=tmpfs", "rd.timeout=10",
                          "generation=2"] } });
     fs::write(g2_dir.join("boot.json"), boot_json.to_string()).unwrap();
     let no_kernel = serde_json::json!({ "org.nixos.bootspec.v1": {
-        "init": probe.init, "kernelParams": [] } });
+        "init": ps.init, "kernelParams": [] } });
     fs::write(g2_dir.join("no-kernel.json"), no_kernel.to_string()).unwrap();
 
     // Generation 1: busybox and nixboot-kexec, and a stage 2 that uses them.
@@ -68,7 +68,7 @@ fn kexec_into_generation_2_from_boot_json() {
     common::chmod(&g1_dir.join("init"), 0o755);
     let g1_init = format!("/nix/store/{g1}/init");
 
-    let initrd = embedded_initrd(&kit, &g1_dir, &[&g1_dir, &g2_dir, &probe.system], "initrd");
+    let initrd = embedded_initrd(&kit, &g1_dir, &[&g1_dir, &g2_dir, &ps.system], "initrd");
     let b = Boot {
         memory_mb: Some(1024),
         ..Boot::params(&["root=tmpfs", "rd.timeout=10", &format!("init={g1_init}")])
@@ -108,7 +108,7 @@ fn kexec_into_generation_2_from_boot_json() {
     );
     let p = probe(&o).unwrap_or_else(|| panic!("no probe report from generation 2{ctx}"));
     let cmdline = p.cmdline.clone().unwrap_or_default();
-    assert!(cmdline.starts_with(&format!("init={}", probe.init)), "{p}");
+    assert!(cmdline.starts_with(&format!("init={}", ps.init)), "{p}");
     assert!(cmdline.ends_with("generation=2"), "{p}");
     assert_eq!(p.pid, Some(1), "{p}");
     // Two kernels started on one console: QEMU booted one, kexec the other.
