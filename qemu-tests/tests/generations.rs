@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{kit, Kit};
+use common::{kit, Kit, ProbeStore};
 use nixboot_launcher::accel;
 use nixboot_protocol::console::{StatusLine, STATUS_MARKER};
 use nixboot_protocol::probe::ProbeReport;
@@ -34,7 +34,9 @@ fn firmware_parts(test: &str) -> Option<()> {
         if !Path::new(p).is_file() {
             artifacts::skip(
                 test,
-                &format!("{p} is missing (.ci/setup-real-parts' step `firmware and ESP tools`)"),
+                &format!(
+                    "{p} is missing (.ci/setup-real-parts' step `firmware, ESP and kexec tools`)"
+                ),
             );
             return None;
         }
@@ -214,27 +216,7 @@ fn broken_generation_is_tried_then_rolled_back() {
         return;
     };
     let probe = kit.probe_store("store");
-    // The store travels in the initrd: no virtiofs, no modules (OVMF boots no share).
-    let list = kit.path("store-paths");
-    fs::write(
-        &list,
-        format!(
-            "/nix/store/{}\n",
-            probe.system.file_name().unwrap().to_str().unwrap()
-        ),
-    )
-    .unwrap();
-    let opts = mkinitrd::BuildOptions {
-        closure: Some(probe.system.clone()),
-        output: kit.path("initrd"),
-        init: Some(kit.bins.init.clone()),
-        embed_store: Some(mkinitrd::EmbedStore {
-            store_paths: Some(list),
-            store_dir: Some(probe.store.clone()),
-        }),
-        ..Default::default()
-    };
-    mkinitrd::build(&opts).expect("mkinitrd");
+    let initrd = embedded_probe_initrd(&kit, &probe);
     // Generation 2's toplevel is not in this store: its init= names a missing path, as a
     // generation whose stage 2 cannot start.
     let broken_init = format!("/nix/store/{}/init", fake_store_name(test, "generation-2"));
@@ -242,64 +224,22 @@ fn broken_generation_is_tried_then_rolled_back() {
     let bad = format!("nixos-generation-2+{TRIES}.conf");
     let esp = make_esp(
         &kit,
-        &opts.output,
+        &initrd,
         &[
             (good.clone(), entry(1, &probe.init)),
             (bad.clone(), entry(2, &broken_init)),
         ],
     );
-    assert_eq!(entry_names(&esp), [good.clone(), bad.clone()]);
+    assert_eq!(entry_names(&esp), [good, bad]);
 
     let run = run_firmware(&kit, &esp);
     if std::env::var_os("NIXBOOT_TEST_CONSOLE").is_some() {
         eprintln!("--- {test} console ---\n{}", run.console);
     }
-    let ctx = format!(
-        "\n--- console tail ---\n{}",
-        run.console
-            .lines()
-            .rev()
-            .take(60)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    assert!(
-        !run.timed_out,
-        "no power off within {RUN_TIMEOUT:?} / {TRIES} tries{ctx}"
-    );
-    let gens = booted_generations(&run.console);
-    let statuses = status_lines(&run.console);
-    eprintln!("{test}: {:?}; kernels started with {gens:?}", run.elapsed);
-    for s in &statuses {
-        eprintln!("{test}: {s}");
-    }
-    // Generation 2 exactly TRIES times (newest first), then generation 1.
-    let mut want = vec!["generation-2".to_string(); TRIES];
-    want.push("generation-1".into());
-    assert_eq!(gens, want, "{ctx}");
-    assert_eq!(statuses.len(), TRIES + 1, "{ctx}");
-    for s in &statuses[..TRIES] {
-        assert_eq!(s.get("status"), Some("failed"), "{s}");
-        assert_eq!(s.get("action"), Some("reboot"), "{s}");
-        assert!(s.error().unwrap_or("").contains(&broken_init), "{s}");
-    }
-    let last = &statuses[TRIES];
-    assert_eq!(
-        (last.get("status"), last.get("init")),
-        (Some("ok"), Some(probe.init.as_str()))
-    );
-    let report = probe_report(&run.console).unwrap_or_else(|| panic!("no probe report{ctx}"));
-    assert_eq!(
-        report.argv,
-        [probe.init.as_str(), "generation-1"],
-        "{report}"
-    );
+    assert_tried_then_rolled_back(test, &run, &broken_init, &probe.init);
 
     // The counters on the ESP: generation 2 spent (0 left, TRIES done), generation 1 tried
-    // once and not yet blessed (systemd-bless-boot renames it on a healthy NixOS boot).
+    // once and not yet blessed (nixboot-bless-boot renames it on a healthy NixOS boot).
     let names = entry_names(&esp);
     eprintln!("{test}: ESP entries afterwards: {names:?}");
     assert_eq!(
@@ -312,6 +252,59 @@ fn broken_generation_is_tried_then_rolled_back() {
     // Renamed, not rewritten: the entry still names the broken init.
     let text = mtools("mtype", &esp, &[&format!("::/loader/entries/{}", names[1])]);
     assert!(text.contains(&broken_init), "{text}");
+}
+
+/// An initrd with the probe's store inside: no virtiofs, no modules (OVMF boots no share).
+fn embedded_probe_initrd(kit: &Kit, probe: &ProbeStore) -> PathBuf {
+    let list = kit.path("store-paths");
+    let name = probe.system.file_name().unwrap().to_str().unwrap();
+    fs::write(&list, format!("/nix/store/{name}\n")).unwrap();
+    let opts = mkinitrd::BuildOptions {
+        closure: Some(probe.system.clone()),
+        output: kit.path("initrd"),
+        init: Some(kit.bins.init.clone()),
+        embed_store: Some(mkinitrd::EmbedStore {
+            store_paths: Some(list),
+            store_dir: Some(probe.store.clone()),
+        }),
+        ..Default::default()
+    };
+    mkinitrd::build(&opts).expect("mkinitrd");
+    opts.output
+}
+
+/// Generation 2 started exactly [`TRIES`] times, each failing with the init's reboot and
+/// naming the missing init, then generation 1 reached the probe.
+fn assert_tried_then_rolled_back(test: &str, run: &FirmwareRun, broken_init: &str, good: &str) {
+    let tail: Vec<&str> = run.console.lines().rev().take(60).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    let ctx = format!("\n--- console tail ---\n{}", tail.join("\n"));
+    assert!(
+        !run.timed_out,
+        "no power off within {RUN_TIMEOUT:?} / {TRIES} tries{ctx}"
+    );
+    let gens = booted_generations(&run.console);
+    let statuses = status_lines(&run.console);
+    eprintln!("{test}: {:?}; kernels started with {gens:?}", run.elapsed);
+    for s in &statuses {
+        eprintln!("{test}: {s}");
+    }
+    let mut want = vec!["generation-2".to_string(); TRIES];
+    want.push("generation-1".into());
+    assert_eq!(gens, want, "{ctx}");
+    assert_eq!(statuses.len(), TRIES + 1, "{ctx}");
+    for s in &statuses[..TRIES] {
+        assert_eq!(s.get("status"), Some("failed"), "{s}");
+        assert_eq!(s.get("action"), Some("reboot"), "{s}");
+        assert!(s.error().unwrap_or("").contains(broken_init), "{s}");
+    }
+    let last = &statuses[TRIES];
+    assert_eq!(
+        (last.get("status"), last.get("init")),
+        (Some("ok"), Some(good))
+    );
+    let report = probe_report(&run.console).unwrap_or_else(|| panic!("no probe report{ctx}"));
+    assert_eq!(report.argv, [good, "generation-1"], "{report}");
 }
 
 /// The probe's report from a multi-boot console (the launcher's parser wants one boot).
