@@ -442,9 +442,9 @@ let
         (check (p.mkinitrd.NIXBOOT_DEFAULT_INIT == "${p.init}/bin/init" && hasSuffix ".drv" p.mkinitrd.drvPath)
           "packages.mkinitrd: NIXBOOT_DEFAULT_INIT = the init")
         (check (hasSuffix ".drv" p.nixboot-qemu.drvPath) "packages.nixboot-qemu instantiates")
-        (check (all (n: lib.hasAttrByPath n m) [ [ "backends" "imageless" ] [ "backends" "libvirt" ] [ "baremetal" ]
+        (check (all (n: lib.hasAttrByPath n m) [ [ "backends" "imageless" ] [ "backends" "libvirt" ] [ "baremetal" ] [ "generations" ]
           [ "profiles" "controller" ] [ "user" ] [ "mounts" "shares" ] [ "mounts" "storage" ] [ "default" ] ])
-          "nixosModules: backends.{imageless,libvirt} baremetal profiles.controller user mounts.{shares,storage} default")
+          "nixosModules: backends.{imageless,libvirt} baremetal generations profiles.controller user mounts.{shares,storage} default")
         (check (all (t: builtins.pathExists (flake.templates.${t}.path + "/flake.nix")) [ "imageless" "libvirt" ])
           "templates: imageless, libvirt")
         (let
