@@ -1,12 +1,15 @@
 //! Generations with boot counting and rollback, booted for real: OVMF runs systemd-boot
 //! (Debian's systemd-boot-efi) from a FAT ESP image holding two Boot Loader Specification
-//! entries named as the NixOS module names them (nixos/modules/boot-counting.nix):
-//! generation 2 with `+TRIES` whose init fails (a missing init=, the init's failure action
-//! `reboot`), generation 1 good (the probe). QEMU may reboot: systemd-boot decrements the
-//! counter on each try (renaming the entry file on the ESP), sorts the exhausted entry
-//! last, and the good generation boots. The host counts the init's status lines (one per
-//! boot, naming why each failed), reads which generation each kernel was told to start,
-//! and reads the counters back from the ESP with mtools.
+//! entries named as the NixOS module names them (nixos/modules/generations/install-hook.sh)
+//! and its loader.conf default: generation 2 with `+TRIES` whose init fails (a missing
+//! init=, the init's failure action `reboot`), generation 1 `+TRIES` good. QEMU may reboot:
+//! systemd-boot decrements the counter on each try (renaming the entry file on the ESP),
+//! sorts the exhausted entry last, and the good generation boots. Its stage 2 (a busybox
+//! script standing in for systemd reaching nixboot-boot-health.target) runs the module's
+//! bless-boot.sh on the ESP with the real LoaderBootCountPath systemd-boot set, then execs
+//! the probe. The host counts the init's status lines (one per boot, naming why each
+//! failed), reads which generation each kernel was told to start, and reads the entries
+//! back from the ESP with mtools: generation 2 `+0-TRIES`, generation 1 blessed.
 
 mod common;
 
@@ -215,8 +218,13 @@ fn broken_generation_is_tried_then_rolled_back() {
     let Some(()) = firmware_parts(test) else {
         return;
     };
+    if !Path::new(BASH_STATIC).is_file() {
+        let why = format!("{BASH_STATIC} is missing (.ci/setup-real-parts installs bash-static)");
+        return artifacts::skip(test, &why);
+    }
     let probe = kit.probe_store("store");
-    let initrd = embedded_probe_initrd(&kit, &probe);
+    let good_init = healthy_generation_1(&kit, test, &probe);
+    let initrd = embedded_initrd(&kit, &probe, &good_init);
     // Generation 2's toplevel is not in this store: its init= names a missing path, as a
     // generation whose stage 2 cannot start.
     let broken_init = format!("/nix/store/{}/init", fake_store_name(test, "generation-2"));
@@ -226,7 +234,7 @@ fn broken_generation_is_tried_then_rolled_back() {
         &kit,
         &initrd,
         &[
-            (good.clone(), entry(1, &probe.init)),
+            (good.clone(), entry(1, &good_init)),
             (bad.clone(), entry(2, &broken_init)),
         ],
     );
@@ -236,16 +244,23 @@ fn broken_generation_is_tried_then_rolled_back() {
     if std::env::var_os("NIXBOOT_TEST_CONSOLE").is_some() {
         eprintln!("--- {test} console ---\n{}", run.console);
     }
-    assert_tried_then_rolled_back(test, &run, &broken_init, &probe.init);
+    assert_tried_then_rolled_back(test, &run, &broken_init, &good_init, &probe.init);
+    let blessed = format!(
+        "nixos-generation-1+{}-1.conf -> nixos-generation-1.conf",
+        TRIES - 1
+    );
+    assert!(
+        run.console.contains(&blessed),
+        "no `{blessed}` on the console"
+    );
 
-    // The counters on the ESP: generation 2 spent (0 left, TRIES done), generation 1 tried
-    // once and not yet blessed (nixboot-bless-boot renames it on a healthy NixOS boot).
+    // Generation 2 spent (0 left, TRIES done); generation 1 tried once, then blessed.
     let names = entry_names(&esp);
     eprintln!("{test}: ESP entries afterwards: {names:?}");
     assert_eq!(
         names,
         [
-            format!("nixos-generation-1+{}-1.conf", TRIES - 1),
+            "nixos-generation-1.conf".to_string(),
             format!("nixos-generation-2+0-{TRIES}.conf"),
         ]
     );
@@ -254,15 +269,58 @@ fn broken_generation_is_tried_then_rolled_back() {
     assert!(text.contains(&broken_init), "{text}");
 }
 
-/// An initrd with the probe's store inside: no virtiofs, no modules (OVMF boots no share).
-fn embedded_probe_initrd(kit: &Kit, probe: &ProbeStore) -> PathBuf {
+/// Debian's static bash, for the module's bless-boot.sh (the guest has no libc).
+const BASH_STATIC: &str = "/bin/bash-static";
+
+/// Generation 1's toplevel: a stage 2 that mounts efivarfs and the ESP (a bare FAT on the
+/// first virtio disk), runs the module's bless-boot.sh with busybox's tools, unmounts, and
+/// execs the probe (`generation-1` as its argument). Returns its init's guest path.
+fn healthy_generation_1(kit: &Kit, test: &str, probe: &ProbeStore) -> String {
+    let name = fake_store_name(test, "generation-1");
+    let dir = probe.store.join(&name);
+    fs::create_dir_all(&dir).unwrap();
+    fs::copy(kit.busybox(), dir.join("busybox")).unwrap();
+    fs::copy(BASH_STATIC, dir.join("bash")).unwrap();
+    let bless = artifacts::workspace_root().join("nixos/modules/generations/bless-boot.sh");
+    fs::copy(bless, dir.join("bless-boot.sh")).unwrap();
+    let g = format!("/nix/store/{name}");
+    let script = format!(
+        "#!{g}/busybox sh\n\
+         {g}/busybox mkdir -p /bin /boot && {g}/busybox --install -s /bin\n\
+         export PATH=/bin\n\
+         mount -t efivarfs efivarfs /sys/firmware/efi/efivars\n\
+         i=0; while [ ! -b /dev/vda ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done\n\
+         mount -t vfat /dev/vda /boot && ESP=/boot {g}/bash {g}/bless-boot.sh\n\
+         echo \"BLESS-EXIT $?\"; umount /boot\n\
+         exec {} generation-1\n",
+        probe.init
+    );
+    fs::write(dir.join("init"), script).unwrap();
+    common::chmod(&dir.join("init"), 0o755);
+    format!("{g}/init")
+}
+
+/// An initrd with the store inside (the probe and generation 1: no virtiofs), the modules
+/// for the ESP on a virtio disk and for efivarfs.
+fn embedded_initrd(kit: &Kit, probe: &ProbeStore, good_init: &str) -> PathBuf {
     let list = kit.path("store-paths");
-    let name = probe.system.file_name().unwrap().to_str().unwrap();
-    fs::write(&list, format!("/nix/store/{name}\n")).unwrap();
+    let system = probe.system.file_name().unwrap().to_str().unwrap();
+    let g1 = Path::new(good_init).parent().unwrap();
+    fs::write(&list, format!("/nix/store/{system}\n{}\n", g1.display())).unwrap();
+    let modules = [
+        "virtio_pci",
+        "virtio_blk",
+        "vfat",
+        "nls_cp437",
+        "nls_ascii",
+        "efivarfs",
+    ];
     let opts = mkinitrd::BuildOptions {
-        closure: Some(probe.system.clone()),
+        closure: Some(probe.store.join(g1.file_name().unwrap())),
         output: kit.path("initrd"),
         init: Some(kit.bins.init.clone()),
+        kernel_modules: Some(kit.env.modules.clone()),
+        modules: modules.iter().map(|m| m.to_string()).collect(),
         embed_store: Some(mkinitrd::EmbedStore {
             store_paths: Some(list),
             store_dir: Some(probe.store.clone()),
@@ -274,8 +332,14 @@ fn embedded_probe_initrd(kit: &Kit, probe: &ProbeStore) -> PathBuf {
 }
 
 /// Generation 2 started exactly [`TRIES`] times, each failing with the init's reboot and
-/// naming the missing init, then generation 1 reached the probe.
-fn assert_tried_then_rolled_back(test: &str, run: &FirmwareRun, broken_init: &str, good: &str) {
+/// naming the missing init, then generation 1 blessed its entry and reached the probe.
+fn assert_tried_then_rolled_back(
+    test: &str,
+    run: &FirmwareRun,
+    broken_init: &str,
+    good: &str,
+    probe: &str,
+) {
     let tail: Vec<&str> = run.console.lines().rev().take(60).collect();
     let tail: Vec<&str> = tail.into_iter().rev().collect();
     let ctx = format!("\n--- console tail ---\n{}", tail.join("\n"));
@@ -304,7 +368,11 @@ fn assert_tried_then_rolled_back(test: &str, run: &FirmwareRun, broken_init: &st
         (Some("ok"), Some(good))
     );
     let report = probe_report(&run.console).unwrap_or_else(|| panic!("no probe report{ctx}"));
-    assert_eq!(report.argv, [good, "generation-1"], "{report}");
+    assert_eq!(report.argv, [probe, "generation-1"], "{report}");
+    assert!(
+        run.console.contains("BLESS-EXIT 0"),
+        "bless-boot.sh failed{ctx}"
+    );
 }
 
 /// The probe's report from a multi-boot console (the launcher's parser wants one boot).
