@@ -58,7 +58,7 @@
         };
       });
 
-      # backends.imageless, backends.libvirt, baremetal, profiles.controller, user,
+      # backends.imageless, backends.libvirt, baremetal, generations, profiles.controller, user,
       # mounts.shares, mounts.storage, default (all of them; nothing enabled)
       nixosModules = lib.mapAttrsRecursive (_: withFlakePackages) (import ./nixos/modules/module-list.nix);
 

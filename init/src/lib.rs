@@ -7,6 +7,8 @@
 //! nixos-init's preparation), then [`switch_root`], and in command mode [`exec`]. [`boot`] runs the plan; [`mounts`],
 //! [`loop_device`] and [`wait`] (the one bounded-wait mechanism) serve the phases;
 //! [`report`] writes the console and timings; [`failure`] is the failure policy.
+//! [`kexec`] is not part of the boot: it plans `nixboot-kexec`, a separate binary that
+//! loads another generation from its boot.json.
 //!
 //! Deciding is apart from doing. Pure, unit-tested and fuzzed: [`cmdline`], [`plan`],
 //! [`block::probe`] (superblocks, partition tables), [`elf`] (a binary's loader), the
@@ -18,6 +20,7 @@ pub mod cmdline;
 pub mod elf;
 pub mod exec;
 pub mod failure;
+pub mod kexec;
 pub mod log;
 pub mod loop_device;
 pub mod modules;

@@ -6,6 +6,7 @@
     ./backends/imageless.nix
     ./backends/libvirt.nix
     ./baremetal
+    ./generations
     ./profiles/controller.nix
     ./profiles/devel.nix
     ./profiles/build-tools.nix

@@ -6,6 +6,7 @@
     libvirt = ./backends/libvirt.nix;
   };
   baremetal = ./baremetal;
+  generations = ./generations;
   profiles = {
     controller = ./profiles/controller.nix;
     devel = ./profiles/devel.nix;

@@ -313,6 +313,49 @@ let
       xml = lib.mapAttrs (_: guest: builtins.unsafeDiscardStringContext guest.xml) g;
     };
 
+  # ------------------------------------------------------------------ generations
+  # Boot counting (nixos/modules/generations): the baremetal example with it enabled.
+  generations =
+    let
+      check = checker "generations";
+      sys = examples.example-baremetal.extendModules {
+        modules = [{ nixboot.bootCounting.enable = true; nixboot.kexecTool.enable = true; }];
+      };
+      c = sys.config;
+      health = c.systemd.units."nixboot-boot-health.target".text;
+      bless = c.systemd.units."nixboot-bless-boot.service".text;
+      hook = c.boot.loader.systemd-boot.extraInstallCommands;
+      base = { nixpkgs.hostPlatform = "x86_64-linux"; system.stateVersion = "24.05"; };
+      failed = mods:
+        let s = nixosSystem { modules = [ modules.default base ] ++ mods; };
+        in map (a: a.message) (filter (a: !a.assertion) s.config.assertions);
+    in
+    {
+      facts = strict ([
+        (check (c.nixboot.bootCounting.tries == 3 && c.boot.loader.systemd-boot.enable) "tries defaults to 3, with systemd-boot")
+        (check (hasInfix "nixboot-boot-counting-install" hook) "systemd-boot's installer runs the boot counting hook")
+        (check (hasInfix "Requires=multi-user.target" health && hasInfix "After=multi-user.target" health
+          && elem "multi-user.target" c.systemd.targets.nixboot-boot-health.wantedBy)
+          "nixboot-boot-health.target requires and follows the health checks (multi-user.target)")
+        (check (hasInfix "After=nixboot-boot-health.target" bless && hasInfix "Requires=nixboot-boot-health.target" bless
+          && hasInfix "RequiresMountsFor=/boot" bless && hasInfix "LoaderBootCountPath" c.systemd.services.nixboot-bless-boot.script)
+          "nixboot-bless-boot.service blesses the LoaderBootCountPath entry once healthy, ESP mounted")
+        (check (any (p: lib.getName p == "nixboot-kexec") c.environment.systemPackages) "nixboot-kexec in the system path")
+        (check (any (hasInfix "nixboot.bootCounting needs systemd-boot")
+          (failed [{ nixboot.bootCounting.enable = true; boot.loader.grub.enable = false; fileSystems."/" = { device = "/dev/vda1"; fsType = "ext4"; }; }]))
+          "rejected: boot counting without systemd-boot")
+        (check (!(examples.example-baremetal.config.systemd.units ? "nixboot-bless-boot.service")) "off by default")
+      ] ++ lib.optionals readDrvs (
+        let ht = builtins.readFile (lib.findFirst (d: hasSuffix "nixboot-boot-counting-install.drv" d)
+          (throw "nixboot eval: no install hook derivation")
+          (builtins.attrNames (builtins.getContext hook)));
+        in [
+          (check (hasInfix "TRIES=3" ht && hasInfix ''$entries/$id+$TRIES.conf'' ht && hasInfix "ESP='/boot'" ht)
+            "install hook: new entries renamed nixos-generation-N+3.conf on the ESP /boot")
+          (check (hasInfix "default nixos-generation-*" ht) "install hook: loader.conf default is the newest entry with tries left")
+        ]));
+    };
+
   # ------------------------------------------------------------------ assertions
   assertions =
     let
@@ -471,9 +514,9 @@ let
         (check (p.mkinitrd.NIXBOOT_DEFAULT_INIT == "${p.init}/bin/init" && hasSuffix ".drv" p.mkinitrd.drvPath)
           "packages.mkinitrd: NIXBOOT_DEFAULT_INIT = the init")
         (check (hasSuffix ".drv" p.nixboot-qemu.drvPath) "packages.nixboot-qemu instantiates")
-        (check (all (n: lib.hasAttrByPath n m) [ [ "backends" "imageless" ] [ "backends" "libvirt" ] [ "baremetal" ]
+        (check (all (n: lib.hasAttrByPath n m) [ [ "backends" "imageless" ] [ "backends" "libvirt" ] [ "baremetal" ] [ "generations" ]
           [ "profiles" "controller" ] [ "user" ] [ "mounts" "shares" ] [ "mounts" "storage" ] [ "default" ] ])
-          "nixosModules: backends.{imageless,libvirt} baremetal profiles.controller user mounts.{shares,storage} default")
+          "nixosModules: backends.{imageless,libvirt} baremetal generations profiles.controller user mounts.{shares,storage} default")
         (check (all (n: lib.hasAttrByPath n m) ([ [ "guest" ] [ "controller" "guestState" ] [ "testSuites" "default" ] ]
           ++ map (p: [ "profiles" p ]) [ "devel" "build-tools" "monitoring" ]
           ++ map (s: [ "testSuites" s ]) [ "fstests" "blktests" "ltp" "selftests" "mmtests" "pynfs" "sysbench" "gitr" ]))
@@ -516,6 +559,6 @@ let
   kdevops = import ./eval-kdevops.nix { inherit lib nixosSystem modules hasInfix checker strict toplevelFact; };
 in
 {
-  inherit imageless libvirt baremetal controller assertions kdevops;
+  inherit imageless libvirt baremetal controller assertions kdevops generations;
   nixosinit = nixosInit;
 } // lib.optionalAttrs (flake != null) { flake = flakeOutputs; }
