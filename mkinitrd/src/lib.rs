@@ -17,6 +17,7 @@ pub mod kmod;
 pub mod microcode;
 pub mod output;
 pub mod store;
+pub mod uki;
 #[doc(hidden)]
 pub mod testutil;
 
@@ -155,6 +156,8 @@ pub enum Error {
     Cpio(#[from] cpio::CpioError),
     #[error(transparent)]
     Compress(#[from] compress::CompressError),
+    #[error(transparent)]
+    Uki(#[from] uki::UkiError),
     #[error("SOURCE_DATE_EPOCH={value:?} is not a number of seconds between 0 and 4294967295")]
     SourceDateEpoch { value: String },
     #[error("cannot write {path}: {source}")]
