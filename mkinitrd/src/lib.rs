@@ -17,9 +17,9 @@ pub mod kmod;
 pub mod microcode;
 pub mod output;
 pub mod store;
-pub mod uki;
 #[doc(hidden)]
 pub mod testutil;
+pub mod uki;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -301,7 +301,10 @@ fn build_uki(
         "mkinitrd: wrote UKI {} ({} bytes: systemd-stub {} + {}; {} ms)",
         report.output.display(),
         report.size,
-        report.stub_version.as_deref().unwrap_or("(version unknown)"),
+        report
+            .stub_version
+            .as_deref()
+            .unwrap_or("(version unknown)"),
         sections.join(", "),
         report.elapsed.as_millis()
     );

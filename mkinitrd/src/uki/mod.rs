@@ -103,18 +103,15 @@ pub struct Parts {
 pub fn read_parts(opts: &UkiOptions) -> Result<Parts, UkiError> {
     let stub = read("stub", &opts.stub)?;
     // A dry run of the layout on an empty section: every stub problem is found now.
-    pe::add_sections(&stub, &[Section::data(".linux", &[])]).map_err(|source| {
-        UkiError::Stub {
-            path: opts.stub.clone(),
-            source,
-        }
+    pe::add_sections(&stub, &[Section::data(".linux", &[])]).map_err(|source| UkiError::Stub {
+        path: opts.stub.clone(),
+        source,
     })?;
     let linux = read("kernel", &opts.linux)?;
-    let linux_size_of_image =
-        check_bzimage(&linux).map_err(|reason| UkiError::Kernel {
-            path: opts.linux.clone(),
-            reason,
-        })?;
+    let linux_size_of_image = check_bzimage(&linux).map_err(|reason| UkiError::Kernel {
+        path: opts.linux.clone(),
+        reason,
+    })?;
     let ucode = opts
         .ucode
         .as_deref()
@@ -133,8 +130,7 @@ pub fn read_parts(opts: &UkiOptions) -> Result<Parts, UkiError> {
 pub fn check_bzimage(linux: &[u8]) -> Result<u32, String> {
     let header = goblin::pe::header::Header::parse(linux).map_err(|e| e.to_string())?;
     // Documentation/arch/x86/boot.rst: boot_flag 0xAA55 at 0x1FE, "HdrS" at 0x202.
-    if linux.get(0x1FE..0x200) != Some(&[0x55, 0xAA]) || linux.get(0x202..0x206) != Some(b"HdrS")
-    {
+    if linux.get(0x1FE..0x200) != Some(&[0x55, 0xAA]) || linux.get(0x202..0x206) != Some(b"HdrS") {
         return Err("no Linux setup header (boot_flag 0xAA55, \"HdrS\")".into());
     }
     let opt = header

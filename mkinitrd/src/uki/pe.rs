@@ -131,7 +131,9 @@ pub fn add_sections(image: &[u8], sections: &[Section]) -> Result<Vec<u8>, PeErr
         let header = append_section(&mut out, &layout, s, &mut va)?;
         let at = layout.table_end + SECTION_HEADER * i;
         out[at..at + SECTION_HEADER].copy_from_slice(&header);
-        initialized = initialized.checked_add(s.virtual_size).ok_or(PeError::TooLarge)?;
+        initialized = initialized
+            .checked_add(s.virtual_size)
+            .ok_or(PeError::TooLarge)?;
     }
     let pe = layout.pe;
     let count = u16::try_from(sections.len())
@@ -146,8 +148,16 @@ pub fn add_sections(image: &[u8], sections: &[Section]) -> Result<Vec<u8>, PeErr
         put_u16(&mut out, pe + COFF_CHARACTERISTICS, c);
     }
     put_u32(&mut out, pe + OPT_SIZE_OF_INITIALIZED_DATA, initialized);
-    put_u32(&mut out, pe + OPT_SIZE_OF_IMAGE, round_up(va, layout.section_align)?);
-    put_u32(&mut out, pe + OPT_SIZE_OF_HEADERS, layout.headers_room as u32);
+    put_u32(
+        &mut out,
+        pe + OPT_SIZE_OF_IMAGE,
+        round_up(va, layout.section_align)?,
+    );
+    put_u32(
+        &mut out,
+        pe + OPT_SIZE_OF_HEADERS,
+        layout.headers_room as u32,
+    );
     // Firmware does not check it and signing replaces it; ukify writes 0 as well.
     put_u32(&mut out, pe + OPT_CHECKSUM, 0);
     Ok(out)
@@ -187,6 +197,28 @@ fn append_section(
     };
     h[36..40].copy_from_slice(&(SCN_MEM_READ | kind).to_le_bytes());
     Ok(h)
+}
+
+/// Each section's name and its bytes as a loader maps them: the raw data cut or
+/// zero-filled to VirtualSize. What systemd-stub measures and hands over.
+pub fn sections_in_memory(image: &[u8]) -> Result<Vec<(String, Vec<u8>)>, PeError> {
+    let mut opts = goblin::pe::options::ParseOptions::default();
+    opts.parse_attribute_certificates = false;
+    let pe = PE::parse_with_opts(image, &opts).map_err(|e| PeError::NotPe(e.to_string()))?;
+    let mut out = Vec::new();
+    for s in &pe.sections {
+        let name = String::from_utf8_lossy(&s.name)
+            .trim_end_matches('\0')
+            .to_owned();
+        let start = (s.pointer_to_raw_data as usize).min(image.len());
+        let end = start
+            .saturating_add(s.size_of_raw_data as usize)
+            .min(image.len());
+        let mut data = image[start..end].to_vec();
+        data.resize(s.virtual_size as usize, 0);
+        out.push((name, data));
+    }
+    Ok(out)
 }
 
 /// Parses `image` with goblin and checks it can take new sections.
@@ -259,9 +291,9 @@ fn trailing_symbols(image: &[u8], coff: &goblin::pe::header::CoffHeader) -> Opti
         return None;
     }
     let symbols_end = start.checked_add(18 * coff.number_of_symbol_table as usize)?;
-    let strings = image.get(symbols_end..symbols_end + 4).map_or(0, |b| {
-        u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize
-    });
+    let strings = image
+        .get(symbols_end..symbols_end + 4)
+        .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
     let end = symbols_end.checked_add(strings)?;
     (end == image.len()).then_some((start, end - start))
 }

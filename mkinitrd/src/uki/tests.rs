@@ -57,8 +57,16 @@ fn sections(image: &[u8]) -> Vec<(String, u32, u32, u32, u32)> {
     pe.sections
         .iter()
         .map(|s| {
-            let name = String::from_utf8_lossy(&s.name).trim_end_matches('\0').to_owned();
-            (name, s.virtual_size, s.virtual_address, s.size_of_raw_data, s.pointer_to_raw_data)
+            let name = String::from_utf8_lossy(&s.name)
+                .trim_end_matches('\0')
+                .to_owned();
+            (
+                name,
+                s.virtual_size,
+                s.virtual_address,
+                s.size_of_raw_data,
+                s.pointer_to_raw_data,
+            )
         })
         .collect()
 }
@@ -95,13 +103,26 @@ fn sections_follow_ukify_layout() {
     assert_eq!(&out[0xa00..0xa00 + 0x345], &kernel[..]);
     assert_eq!(out.len(), 0xe00, "the last section padded to FileAlignment");
     let opt = PE_AT + 24;
-    assert_eq!(u32_at(&out, opt + 56), 0x9000, "SizeOfImage ends after .linux");
+    assert_eq!(
+        u32_at(&out, opt + 56),
+        0x9000,
+        "SizeOfImage ends after .linux"
+    );
     assert_eq!(u32_at(&out, opt + 64), 0, "CheckSum");
-    assert_eq!(u32_at(&out, opt + 8), 5 + 13 + 0x5000, "SizeOfInitializedData");
+    assert_eq!(
+        u32_at(&out, opt + 8),
+        5 + 13 + 0x5000,
+        "SizeOfInitializedData"
+    );
     let pe = goblin::pe::PE::parse(&out).unwrap();
     let flags = |i: usize| pe.sections[i].characteristics;
     assert_eq!(flags(1), 0x4000_0040);
     assert_eq!(flags(3), 0x4000_0020);
+    let mapped = super::pe::sections_in_memory(&out).unwrap();
+    assert_eq!(mapped[1], (".osrel".to_owned(), b"ID=x\n".to_vec()));
+    assert_eq!(mapped[3].1.len(), 0x5000);
+    assert_eq!(&mapped[3].1[..0x345], &kernel[..]);
+    assert!(mapped[3].1[0x345..].iter().all(|b| *b == 0));
     // The input is untouched where nothing had to change.
     assert_eq!(&out[0x400..0x600], &stub[0x400..0x600]);
 }
@@ -110,7 +131,10 @@ fn sections_follow_ukify_layout() {
 fn same_inputs_same_bytes() {
     let stub = tiny_pe();
     let s = [Section::data(".initrd", b"abc")];
-    assert_eq!(add_sections(&stub, &s).unwrap(), add_sections(&stub, &s).unwrap());
+    assert_eq!(
+        add_sections(&stub, &s).unwrap(),
+        add_sections(&stub, &s).unwrap()
+    );
 }
 
 #[test]
@@ -137,8 +161,14 @@ fn trailing_symbol_table_is_dropped() {
 fn refusals() {
     let stub = tiny_pe();
     let one = [Section::data(".x", b"1")];
-    assert!(matches!(add_sections(b"MZ not a pe", &one), Err(PeError::NotPe(_))));
-    assert!(matches!(add_sections(&[0u8; 4096], &one), Err(PeError::NotPe(_))));
+    assert!(matches!(
+        add_sections(b"MZ not a pe", &one),
+        Err(PeError::NotPe(_))
+    ));
+    assert!(matches!(
+        add_sections(&[0u8; 4096], &one),
+        Err(PeError::NotPe(_))
+    ));
     assert_eq!(
         add_sections(&stub, &[Section::data(".text", b"1")]),
         Err(PeError::Duplicate(".text".into()))
@@ -148,7 +178,10 @@ fn refusals() {
         Err(PeError::LongName(".toolong9".into()))
     );
     assert_eq!(
-        add_sections(&stub, &[Section::data(".y", b"1"), Section::data(".y", b"2")]),
+        add_sections(
+            &stub,
+            &[Section::data(".y", b"1"), Section::data(".y", b"2")]
+        ),
         Err(PeError::Duplicate(".y".into()))
     );
     // Headers of 0x200 bytes: the table ends at 0x170, room for 3 more headers.
@@ -165,7 +198,10 @@ fn refusals() {
     let mut unaligned = stub.clone();
     let sh = PE_AT + 24 + OPT_SIZE;
     unaligned[sh + 16..sh + 20].copy_from_slice(&0x1f0u32.to_le_bytes());
-    assert!(matches!(add_sections(&unaligned, &one), Err(PeError::Unaligned { .. })));
+    assert!(matches!(
+        add_sections(&unaligned, &one),
+        Err(PeError::Unaligned { .. })
+    ));
     let mut used = stub.clone();
     used[0x170] = 1;
     assert_eq!(add_sections(&used, &one), Err(PeError::NoHeaderRoom(1)));
@@ -219,10 +255,16 @@ fn build_writes_the_sections_in_ukify_order() {
         let s = &pe.sections[i];
         &out[s.pointer_to_raw_data as usize..][..s.virtual_size.min(s.size_of_raw_data) as usize]
     };
-    assert_eq!(data(1), b"NAME=nixboot\nID=nixboot\nPRETTY_NAME=\"nixboot\"\n");
+    assert_eq!(
+        data(1),
+        b"NAME=nixboot\nID=nixboot\nPRETTY_NAME=\"nixboot\"\n"
+    );
     assert_eq!(data(2), b"console=ttyS0 x=1");
     assert_eq!(data(3), b"07070100");
-    assert_eq!(pe.sections[4].virtual_size, 0x2000, "the kernel's SizeOfImage");
+    assert_eq!(
+        pe.sections[4].virtual_size, 0x2000,
+        "the kernel's SizeOfImage"
+    );
     assert_eq!(pe.sections[4].size_of_raw_data, 0x600, "the kernel's file");
 }
 
@@ -233,19 +275,49 @@ fn bad_inputs_write_nothing() {
     let base = options(d);
     std::fs::write(&base.output, b"old").unwrap();
     let cases = [
-        ("stub", UkiOptions { stub: write(d, "elf", b"\x7fELF"), ..base.clone() }),
-        ("kernel", UkiOptions { linux: write(d, "vmlinux", &tiny_pe()), ..base.clone() }),
-        ("kernel", UkiOptions { linux: d.join("missing"), ..base.clone() }),
-        ("initrd", UkiOptions { initrd: Some(d.join("missing")), ..base.clone() }),
+        (
+            "stub",
+            UkiOptions {
+                stub: write(d, "elf", b"\x7fELF"),
+                ..base.clone()
+            },
+        ),
+        (
+            "kernel",
+            UkiOptions {
+                linux: write(d, "vmlinux", &tiny_pe()),
+                ..base.clone()
+            },
+        ),
+        (
+            "kernel",
+            UkiOptions {
+                linux: d.join("missing"),
+                ..base.clone()
+            },
+        ),
+        (
+            "initrd",
+            UkiOptions {
+                initrd: Some(d.join("missing")),
+                ..base.clone()
+            },
+        ),
     ];
     let before: Vec<_> = std::fs::read_dir(d).unwrap().count().to_string().into();
     for (what, opts) in cases {
-        let e = build(&crate::BuildOptions::default(), &opts).unwrap_err().to_string();
+        let e = build(&crate::BuildOptions::default(), &opts)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(what), "{e}");
         assert_eq!(std::fs::read(&base.output).unwrap(), b"old");
     }
     let after: String = std::fs::read_dir(d).unwrap().count().to_string();
-    assert_eq!(String::from_utf8(before).unwrap(), after, "no temporary file left");
+    assert_eq!(
+        String::from_utf8(before).unwrap(),
+        after,
+        "no temporary file left"
+    );
 }
 
 #[test]
