@@ -555,6 +555,18 @@ mod tests {
     }
 
     #[test]
+    fn firmware_boot_leaves_the_kernel_to_the_firmware() {
+        let mut cfg = VmConfig::new("/k", Some("/i".into()), "x".into());
+        cfg.firmware_boot = true;
+        cfg.extra_qemu_args = vec!["-drive".into(), "file=esp.img".into()];
+        let a = qemu_args(&cfg, Accel::Tcg, &[]);
+        for gone in ["-kernel", "-initrd", "-append"] {
+            assert!(!a.iter().any(|x| x == gone), "{a:?}");
+        }
+        assert!(a.ends_with(&["-drive".to_string(), "file=esp.img".to_string()]));
+    }
+
+    #[test]
     fn replies_follow_their_markers_in_order() {
         let mut r = Replies {
             pending: vec![
