@@ -269,6 +269,34 @@ fn build_writes_the_sections_in_ukify_order() {
 }
 
 #[test]
+fn ucode_goes_before_linux_and_an_old_stub_is_noted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut stub = tiny_pe();
+    // An old stub says its version where systemd-stub 252 does.
+    stub.extend(b"#### LoaderInfo: systemd-stub 252.39 ####\0");
+    let opts = UkiOptions {
+        stub: write(tmp.path(), "stub252", &stub),
+        ucode: Some(write(tmp.path(), "ucode", b"GenuineIntel blob")),
+        ..options(tmp.path())
+    };
+    let report = build(&crate::BuildOptions::default(), &opts).unwrap();
+    let names: Vec<String> = sections(&std::fs::read(&opts.output).unwrap())
+        .into_iter()
+        .map(|s| s.0)
+        .collect();
+    assert_eq!(
+        names,
+        [".text", ".osrel", ".cmdline", ".initrd", ".ucode", ".linux"]
+    );
+    assert_eq!(report.stub_version.as_deref(), Some("252.39"));
+    assert!(
+        report.notes.iter().any(|n| n.contains("ignores .ucode")),
+        "{:?}",
+        report.notes
+    );
+}
+
+#[test]
 fn bad_inputs_write_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
