@@ -46,6 +46,10 @@ pub struct VmConfig {
     /// Echo the console on our stderr instead of stdout (command mode: stdout is the
     /// command's).
     pub console_to_stderr: bool,
+    /// Let the firmware boot (OVMF from a disk given in `extra_qemu_args`, e.g. a UKI on an
+    /// ESP) instead of `-kernel`/`-initrd`/`-append`; `kernel` then only serves the
+    /// accelerator's trial boot.
+    pub firmware_boot: bool,
 }
 
 impl VmConfig {
@@ -67,6 +71,7 @@ impl VmConfig {
             console_replies: Vec::new(),
             console_file: None,
             console_to_stderr: false,
+            firmware_boot: false,
         }
     }
 }
@@ -378,14 +383,16 @@ pub fn qemu_args(cfg: &VmConfig, accel: Accel, daemons: &[Virtiofsd]) -> Vec<Str
             d.share.tag
         ));
     }
-    a.push("-kernel".into());
-    a.push(qemu_path(&cfg.kernel));
-    if let Some(initrd) = &cfg.initrd {
-        a.push("-initrd".into());
-        a.push(qemu_path(initrd));
+    if !cfg.firmware_boot {
+        a.push("-kernel".into());
+        a.push(qemu_path(&cfg.kernel));
+        if let Some(initrd) = &cfg.initrd {
+            a.push("-initrd".into());
+            a.push(qemu_path(initrd));
+        }
+        a.push("-append".into());
+        a.push(cfg.cmdline.clone());
     }
-    a.push("-append".into());
-    a.push(cfg.cmdline.clone());
     a.extend(
         [
             // Not -nographic: that also turns on SeaBIOS's serial console, whose screen

@@ -19,6 +19,7 @@ pub mod output;
 pub mod store;
 #[doc(hidden)]
 pub mod testutil;
+pub mod uki;
 pub mod verity;
 
 use std::io::Write;
@@ -156,6 +157,8 @@ pub enum Error {
     Cpio(#[from] cpio::CpioError),
     #[error(transparent)]
     Compress(#[from] compress::CompressError),
+    #[error(transparent)]
+    Uki(#[from] uki::UkiError),
     #[error("SOURCE_DATE_EPOCH={value:?} is not a number of seconds between 0 and 4294967295")]
     SourceDateEpoch { value: String },
     #[error("cannot write {path}: {source}")]

@@ -39,7 +39,8 @@ struct BuildArgs {
         short,
         long,
         value_name = "FILE",
-        required_unless_present = "print_cmdline"
+        required_unless_present_any = ["print_cmdline", "uki"],
+        conflicts_with = "uki"
     )]
     output: Option<PathBuf>,
     /// One kernel's lib/modules/<version> directory; packs virtio_pci and virtiofs unless --module is given.
@@ -80,9 +81,45 @@ struct BuildArgs {
     #[arg(long, value_name = "METHOD", default_value = "zstd", value_parser = parse_compression)]
     compress: Compression,
     /// Print the kernel command line that boots the closure with this initrd (on standard
-    /// output, so not with -o -).
+    /// output, so not with -o -); with --uki, the UKI's .cmdline.
     #[arg(long)]
     print_cmdline: bool,
+    #[command(flatten)]
+    uki: UkiArgs,
+}
+
+/// A unified kernel image instead of a bare initramfs; the names are ukify's.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Unified kernel image (systemd-stub)")]
+struct UkiArgs {
+    /// Write a UKI to FILE instead of an initramfs: systemd-stub with .osrel, .cmdline,
+    /// .initrd and .linux (and .ucode) sections. The initrd is the one the other options
+    /// build, unless --initrd names one. FILE follows --output's rules.
+    #[arg(id = "uki", long = "uki", value_name = "FILE", requires = "linux")]
+    file: Option<PathBuf>,
+    /// The kernel for .linux: an x86 bzImage with an EFI stub (vmlinuz).
+    #[arg(long, value_name = "FILE", requires = "uki")]
+    linux: Option<PathBuf>,
+    /// An initrd file for .initrd instead of building one here.
+    #[arg(long, value_name = "FILE", requires = "uki", conflicts_with_all = [
+        "kernel_modules", "includes", "microcode", "embed_store", "init", "compress"
+    ])]
+    initrd: Option<PathBuf>,
+    /// The kernel command line for .cmdline, or @FILE [default: the line that boots the
+    /// closure, as --print-cmdline prints it].
+    #[arg(long, value_name = "TEXT|@FILE", requires = "uki")]
+    cmdline: Option<mkinitrd::uki::Text>,
+    /// The os-release for .osrel, or @FILE [default: the closure's etc/os-release, else
+    /// NAME=nixboot].
+    #[arg(long, value_name = "TEXT|@FILE", requires = "uki")]
+    os_release: Option<mkinitrd::uki::Text>,
+    /// A microcode blob for .ucode (ukify's --microcode; systemd-stub >= 256 loads it;
+    /// --microcode packs microcode into the initrd instead, which any stub boots).
+    #[arg(long, value_name = "FILE", requires = "uki")]
+    ucode: Option<PathBuf>,
+    /// systemd-stub, unsigned (systemd-boot-efi's linuxx64.efi.stub).
+    #[arg(long, value_name = "FILE", requires = "uki", default_value = mkinitrd::uki::DEFAULT_STUB)]
+    stub: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -137,7 +174,7 @@ struct VerityArgs {
 }
 
 /// The exit codes, said in --help.
-const EXIT_STATUS: &str = "Exit status: 0 on success; 1 when the build or inspection fails (or inspect finds rule violations), with one line naming the path and the cause; 2 for usage errors (unknown or malformed options, an option without the one it needs such as --module without --kernel-modules, --print-cmdline with -o -).";
+const EXIT_STATUS: &str = "Exit status: 0 on success; 1 when the build or inspection fails (or inspect finds rule violations), with one line naming the path and the cause (for --uki also: a stub that is not an unsigned PE image, a kernel that is not a PE bzImage), and nothing written; 2 for usage errors (unknown or malformed options, an option without the one it needs such as --module without --kernel-modules or --uki without --linux, --print-cmdline with -o -).";
 
 /// With --embed-store and no --store-paths: a closureInfo directory whose `store-paths` is used.
 const CLOSURE_INFO_ENV: &str = "NIXBOOT_CLOSURE_INFO";
@@ -279,7 +316,10 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         }),
         store_dir: args.store_dir.clone(),
     });
-    let Some(output) = args.output else {
+    if let Some(uki) = &args.uki.file {
+        return build_uki(&args, uki, embed);
+    }
+    let Some(output) = args.output.clone() else {
         // --print-cmdline alone: nothing to build.
         let closure = args.closure.as_deref().map(Closure::open).transpose()?;
         if closure.is_none() {
@@ -288,20 +328,7 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         println!("{}", mkinitrd::kernel_cmdline(closure.as_ref()));
         return Ok(ExitCode::SUCCESS);
     };
-    let opts = BuildOptions {
-        closure: args.closure,
-        output,
-        kernel_modules: args.kernel_modules,
-        modules: args.modules,
-        firmware_dirs: args.firmware_dirs,
-        init: args.init,
-        compression: args.compress,
-        includes: args.includes,
-        microcode: args.microcode,
-        microcode_vendor: args.microcode_vendor,
-        embed_store: embed,
-    };
-    let report = mkinitrd::build(&opts)?;
+    let report = mkinitrd::build(&build_options(&args, &output, embed))?;
     for note in &report.notes {
         eprintln!("mkinitrd: note: {note}");
     }
@@ -336,6 +363,65 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         "mkinitrd: wrote {target} ({} bytes, {} modules{extra}, {} ms)",
         report.size,
         report.modules.len(),
+        report.elapsed.as_millis()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn build_options(args: &BuildArgs, output: &Path, embed: Option<EmbedStore>) -> BuildOptions {
+    BuildOptions {
+        closure: args.closure.clone(),
+        output: output.to_owned(),
+        kernel_modules: args.kernel_modules.clone(),
+        modules: args.modules.clone(),
+        firmware_dirs: args.firmware_dirs.clone(),
+        init: args.init.clone(),
+        compression: args.compress,
+        includes: args.includes.clone(),
+        microcode: args.microcode.clone(),
+        microcode_vendor: args.microcode_vendor,
+        embed_store: embed,
+    }
+}
+
+/// --uki: the initrd in memory (or --initrd's), wrapped with the kernel into one PE file.
+fn build_uki(
+    args: &BuildArgs,
+    output: &Path,
+    embed: Option<EmbedStore>,
+) -> anyhow::Result<ExitCode> {
+    let u = &args.uki;
+    let uki = mkinitrd::uki::UkiOptions {
+        output: output.to_owned(),
+        stub: u.stub.clone(),
+        // clap: --uki requires --linux.
+        linux: u.linux.clone().unwrap_or_default(),
+        initrd: u.initrd.clone(),
+        cmdline: u.cmdline.clone(),
+        os_release: u.os_release.clone(),
+        ucode: u.ucode.clone(),
+    };
+    let report = mkinitrd::uki::build(&build_options(args, output, embed), &uki)?;
+    for note in &report.notes {
+        eprintln!("mkinitrd: note: {note}");
+    }
+    if args.print_cmdline {
+        println!("{}", report.cmdline);
+    }
+    let sections: Vec<String> = report
+        .sections
+        .iter()
+        .map(|(name, size)| format!("{name} {size}"))
+        .collect();
+    eprintln!(
+        "mkinitrd: wrote UKI {} ({} bytes: systemd-stub {} + {}; {} ms)",
+        report.output.display(),
+        report.size,
+        report
+            .stub_version
+            .as_deref()
+            .unwrap_or("(version unknown)"),
+        sections.join(", "),
         report.elapsed.as_millis()
     );
     Ok(ExitCode::SUCCESS)

@@ -198,6 +198,20 @@ pub fn require_tool(test: &str, name: &str) -> Option<PathBuf> {
     )
 }
 
+/// For tests: a file a package installs (OVMF's firmware, systemd-stub), under the same
+/// rule as [`require_prerequisites`].
+pub fn require_file(test: &str, path: &Path, package: &str) -> Option<PathBuf> {
+    require(
+        test,
+        path.is_file().then(|| path.to_path_buf()).ok_or_else(|| {
+            format!(
+                "{} is missing ({package}; .ci/setup installs it)",
+                path.display()
+            )
+        }),
+    )
+}
+
 fn require<T>(test: &str, found: Result<T, String>) -> Option<T> {
     match found {
         Ok(v) => Some(v),

@@ -105,12 +105,23 @@ impl Drop for Slot {
 
 /// Runs one VM: waits for a slot, applies [`BOOT_TIMEOUT`] and a quiet console, and says
 /// how it went (the whole console with NIXBOOT_TEST_CONSOLE=1 ... -- --nocapture).
-pub fn run(test: &str, mut cfg: VmConfig) -> Outcome {
+pub fn run(test: &str, cfg: VmConfig) -> Outcome {
+    run_watched(test, cfg, &mut |_| None)
+}
+
+/// [`run`], stopped early when `watch` (asked every 20 ms with the time since QEMU
+/// started) says why: for boots that end without powering off, such as a firmware that
+/// refuses an image and waits at its menu.
+pub fn run_watched(
+    test: &str,
+    mut cfg: VmConfig,
+    watch: &mut dyn FnMut(Duration) -> Option<String>,
+) -> Outcome {
     cfg.timeout = Some(BOOT_TIMEOUT);
     cfg.quiet = true;
     let o = {
         let _slot = Slot::take();
-        qemu::run(&cfg).expect("launcher")
+        qemu::run_watched(&cfg, watch).expect("launcher")
     };
     if std::env::var_os("NIXBOOT_TEST_CONSOLE").is_some() {
         eprintln!("--- {test} console ---\n{}", o.console);
