@@ -8,6 +8,7 @@
     ./baremetal
     ./profiles/controller.nix
     ./user.nix
+    ./verified.nix
     ./mounts/shares.nix
     ./mounts/storage.nix
   ];

@@ -10,6 +10,7 @@
     controller = ./profiles/controller.nix;
   };
   user = ./user.nix;
+  verified = ./verified.nix;
   mounts = {
     shares = ./mounts/shares.nix;
     storage = ./mounts/storage.nix;
