@@ -16,6 +16,7 @@
 #                          [default modules: virtio_pci virtio_blk dm-verity erofs]
 #   --cmdline TEXT         the kernel command line before the verity parameters [default:
 #                          what `mkinitrd --print-cmdline --closure RESULT` prints]
+#   --stub FILE            systemd-stub [default: mkinitrd's, Debian's systemd-boot-efi path]
 #   --key KEY --cert CERT  sign the UKI with sbsign (both or neither; they must match)
 #   --slot A|B             the slot that gets the image and that the UKI boots [default: A]
 #   --disk-id TEXT         the seed of the disk's and partitions' GUIDs [default: nixboot]
@@ -45,7 +46,7 @@ die() { echo "$me: error: $*" >&2; exit 1; }
 usage() { echo "$me: $*" >&2; echo "usage: $me --closure RESULT --kernel BZIMAGE --output DISK [options] (see the script's header)" >&2; exit 2; }
 note() { echo "$me: $*" >&2; }
 
-closure= store_paths= store_dir= kernel= init= kmods= cmdline= key= cert= slot=A
+closure= store_paths= store_dir= kernel= init= kmods= cmdline= stub= key= cert= slot=A
 disk_id=nixboot esp_mib=256 slot_mib= output= modules=()
 while [ $# -gt 0 ]; do
   [ $# -ge 2 ] || usage "$1 needs a value"
@@ -58,6 +59,7 @@ while [ $# -gt 0 ]; do
     --kernel-modules) kmods=$2 ;;
     --module) modules+=("$2") ;;
     --cmdline) cmdline=$2 ;;
+    --stub) stub=$2 ;;
     --key) key=$2 ;;
     --cert) cert=$2 ;;
     --slot) slot=$2 ;;
@@ -146,6 +148,7 @@ cmdline="$cmdline nixboot.verity.store=PARTUUID=$active_guid nixboot.verity.root
 [ ${#modules[@]} -gt 0 ] || modules=(virtio_pci virtio_blk dm-verity erofs)
 uargs=(--closure "$closure" --uki "$work/uki.efi" --linux "$kernel" --cmdline "$cmdline")
 [ -z "$init" ] || uargs+=(--init "$init")
+[ -z "$stub" ] || uargs+=(--stub "$stub")
 if [ -n "$kmods" ]; then
   uargs+=(--kernel-modules "$kmods")
   for m in "${modules[@]}"; do uargs+=(--module "$m"); done

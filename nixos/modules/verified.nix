@@ -25,8 +25,11 @@ let
     "--closure" "${toplevel}"
     "--store-paths" "${closure}/store-paths"
     "--kernel" kernel
+    # nixpkgs' systemd builds the stub on x86_64 (systemd-boot's own package).
+    "--stub" "${config.systemd.package}/lib/systemd/boot/efi/linuxx64.efi.stub"
     "--init" "${config.nixboot.packages.init}/bin/init"
-    "--kernel-modules" "${config.system.build.modules}/lib/modules/${config.boot.kernelPackages.kernel.modDirVersion}"
+    # The kernel's modules, as nixboot's own initrd takes them (nixboot.initrd.modulesDir).
+    "--kernel-modules" "${config.nixboot.initrd.modulesDir}"
     "--disk-id" cfg.diskId
     "--esp-size" (toString cfg.espSize)
     "--slot" cfg.slot

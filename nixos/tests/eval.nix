@@ -482,8 +482,10 @@ let
         (check (hasSuffix ".drv" disk.drvPath && hasSuffix ".drv" install.drvPath) "the disk and the install command instantiate")
         (check (lib.elem "--closure" disk.args && lib.elem "${toplevel}" disk.args
           && lib.elem "${c.system.build.kernel}/${c.system.boot.loader.kernelFile}" disk.args
-          && lib.elem "${disk.closure}/store-paths" disk.args && lib.elem "vdisk" disk.args)
-          "disk: the script gets the toplevel, its closureInfo's store-paths, the kernel, --disk-id <hostName>")
+          && lib.elem "${disk.closure}/store-paths" disk.args && lib.elem "vdisk" disk.args
+          && lib.elem "${c.systemd.package}/lib/systemd/boot/efi/linuxx64.efi.stub" disk.args
+          && lib.elem "${c.nixboot.initrd.modulesDir}" disk.args)
+          "disk: the script gets the toplevel, its closureInfo's store-paths, the kernel, nixpkgs' systemd-stub, the kernel's modules, --disk-id <hostName>")
         (check (!any (hasPrefix "nixboot.verity.") (params c)) "no root hash at evaluation: the script adds the verity parameters at build time (no IFD)")
         (check (any (hasInfix "outside the Nix store") (failed [{ nixboot.verified = { enable = true;
           signing = { keyFile = "${builtins.storeDir}/x-db.key"; certFile = "/etc/db.crt"; }; }; }]))

@@ -5,7 +5,7 @@
 #   nix-instantiate --read-write-mode --eval --strict --json nixos/tests/run.nix \
 #     --arg nixpkgs /path/to/nixpkgs --argstr mode imageless
 #
-# modes: imageless libvirt baremetal controller assertions nixosinit flake
+# modes: imageless libvirt baremetal controller assertions nixosinit verified flake
 { nixpkgs, mode, repo ? ../.. }:
 let
   offline = import ./offline.nix;
