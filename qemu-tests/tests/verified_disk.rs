@@ -117,10 +117,19 @@ fn assert_verified_boot(d: &Disk, o: &Outcome, report: &BTreeMap<String, String>
     assert_eq!(p.argv, [d.probe.init.as_str()], "{p}");
     assert_eq!(p.store_fstype.as_deref(), Some("erofs"), "{p}");
     assert!(o.console.contains("BdsDxe: starting"), "not OVMF{ctx}");
-    let partuuid = report["store_a"].to_lowercase();
+    // The kernel got the UKI's .cmdline, naming slot A and the printed root hash.
+    let cmdline = p.cmdline.clone().unwrap_or_default();
+    let store = format!("nixboot.verity.store={}", report["store_a"]);
+    let hash = format!("nixboot.verity.roothash={}", report["root_hash"]);
     assert!(
-        o.console.contains(&partuuid) || o.console.contains(&partuuid.to_uppercase()),
-        "the kernel's command line does not name {partuuid}{ctx}"
+        cmdline.contains(&store) && cmdline.contains(&hash),
+        "{cmdline}{ctx}"
+    );
+    let wait = step_lines(o, "wait-store");
+    assert!(
+        wait.iter()
+            .any(|l| l.contains("is vda2") && l.contains("PARTLABEL=nixboot-store-a")),
+        "{wait:?}{ctx}"
     );
     let verity = step_lines(o, "verity");
     assert!(
