@@ -3,7 +3,8 @@
 //! OVMF boots to the probe's stage 2 with /nix/store on dm-verity from partition A, named in
 //! the UKI's .cmdline by PARTUUID with the root hash the verity step printed; the same disk
 //! signed with our key boots under Secure Boot with that key enrolled. Without QEMU: two runs
-//! give the same bytes, slot A holds the image (verity-check), and bad input (a missing
+//! give the same bytes, slot A holds the image (verity-check), `--slot B` puts it in B under
+//! the same PARTUUIDs, and bad input (a missing
 //! closure, a key that is not the certificate's, an ESP too small, a directory as output)
 //! exits 1 with one message and leaves nothing behind.
 
@@ -270,6 +271,28 @@ fn verified_disk_is_reproducible_and_refuses_bad_input_leaving_nothing() {
         .arg(&slot_a));
     std::fs::remove_file(&slot_a).unwrap();
     assert!(partition(&a, 3).iter().all(|&x| x == 0), "slot B written");
+    // The next generation for slot B: same PARTUUIDs (same disk id), its image in
+    // partition 3, its UKI naming B; A left empty in that image.
+    let next = dir.join("next.img");
+    let rb = d.build(&next, &["--slot", "B"]);
+    assert_eq!(
+        (&rb["store_a"], &rb["store_b"]),
+        (&report["store_a"], &report["store_b"])
+    );
+    assert!(
+        rb["cmdline"].contains(&format!("nixboot.verity.store={}", rb["store_b"])),
+        "{rb:?}"
+    );
+    std::fs::write(&slot_a, partition(&next, 3)).unwrap();
+    sh(Command::new(&d.mkinitrd)
+        .args(["verity-check", "--root-hash", &rb["root_hash"]])
+        .arg(&slot_a));
+    assert!(
+        partition(&next, 2).iter().all(|&x| x == 0),
+        "slot A written"
+    );
+    std::fs::remove_file(&slot_a).unwrap();
+    std::fs::remove_file(&next).unwrap();
     let labels = sh(Command::new("sfdisk").arg("--json").arg(&a));
     for name in ["\"ESP\"", "\"nixboot-store-a\"", "\"nixboot-store-b\""] {
         assert!(labels.contains(name), "{name}: {labels}");
