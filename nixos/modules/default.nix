@@ -15,6 +15,7 @@
     ./guest
     ./testSuites
     ./user.nix
+    ./verified.nix
     ./mounts/shares.nix
     ./mounts/storage.nix
   ];

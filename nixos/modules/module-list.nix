@@ -30,6 +30,7 @@
     gitr = ./testSuites/gitr.nix;
   };
   user = ./user.nix;
+  verified = ./verified.nix;
   mounts = {
     shares = ./mounts/shares.nix;
     storage = ./mounts/storage.nix;

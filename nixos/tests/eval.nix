@@ -500,6 +500,54 @@ let
       ]);
     };
 
+  # ------------------------------------------------------------------ verified
+  # A verified disk (nixos/modules/verified.nix): a minimal machine with it enabled.
+  verified =
+    let
+      check = checker "verified";
+      base = { nixpkgs.hostPlatform = "x86_64-linux"; system.stateVersion = "24.05"; networking.hostName = "vdisk"; };
+      keys = { keyFile = "/etc/secureboot/db.key"; certFile = "/etc/secureboot/db.crt"; };
+      mk = mods: nixosSystem { modules = [ modules.default base ] ++ mods; };
+      c = (mk [{ nixboot.verified = { enable = true; signing = keys; }; }]).config;
+      disk = c.system.build.nixbootVerifiedDisk;
+      install = c.system.build.nixbootVerifiedInstall;
+      toplevel = c.system.build.toplevel;
+      failed = mods: map (a: a.message) (filter (a: !a.assertion) (mk mods).config.assertions);
+    in
+    {
+      facts = strict ([
+        (check (modules ? verified) "nixosModules.verified")
+        (check (c.fileSystems."/nix/store".device == "/dev/mapper/nixboot-store" && c.fileSystems."/nix/store".fsType == "erofs"
+          && elem "ro" c.fileSystems."/nix/store".options)
+          "fileSystems./nix/store: the verity device the init sets up, erofs, read-only")
+        (check (elem "root=tmpfs" (params c) && !any (hasPrefix "nixboot.store=") (params c))
+          "kernelParams: root=tmpfs, no virtiofs store")
+        (check (hasSuffix ".drv" disk.drvPath && hasSuffix ".drv" install.drvPath) "the disk and the install command instantiate")
+        (check (lib.elem "--closure" disk.args && lib.elem "${toplevel}" disk.args
+          && lib.elem "${c.system.build.kernel}/${c.system.boot.loader.kernelFile}" disk.args
+          && lib.elem "${disk.closure}/store-paths" disk.args && lib.elem "vdisk" disk.args
+          && lib.elem "${c.systemd.package}/lib/systemd/boot/efi/linuxx64.efi.stub" disk.args
+          && lib.elem "${c.nixboot.initrd.modulesDir}" disk.args)
+          "disk: the script gets the toplevel, its closureInfo's store-paths, the kernel, nixpkgs' systemd-stub, the kernel's modules, --disk-id <hostName>")
+        (check (!any (hasPrefix "nixboot.verity.") (params c)) "no root hash at evaluation: the script adds the verity parameters at build time (no IFD)")
+        (check (any (hasInfix "outside the Nix store") (failed [{ nixboot.verified = { enable = true;
+          signing = { keyFile = "${builtins.storeDir}/x-db.key"; certFile = "/etc/db.crt"; }; }; }]))
+          "rejected: a signing key in the store")
+        (check (any (hasInfix "both or neither") (failed [{ nixboot.verified = { enable = true; signing.keyFile = "/etc/db.key"; }; }]))
+          "rejected: a key without its certificate")
+      ] ++ lib.optionals readDrvs (
+        let dt = drvText disk; it = drvText install; in
+        [
+          (check (hasInfix "make-verified-disk.sh" dt && hasInfix toplevel.outPath dt && hasInfix disk.closure.outPath dt
+            && hasInfix "${c.system.build.kernel}" dt)
+            "disk builder: runs make-verified-disk.sh on the toplevel, closure and kernel")
+          (check (!hasInfix "db.key" dt && !hasInfix "--key" dt) "disk builder: no key (unsigned in the store)")
+          (check (hasInfix "'--key' '/etc/secureboot/db.key' '--cert' '/etc/secureboot/db.crt'" it && hasInfix "make-verified-disk.sh" it
+            && hasInfix "sbsigntool" it)
+            "install command: the same script with --key/--cert read at run time, sbsign on its PATH")
+        ]));
+    };
+
   # ------------------------------------------------------------------ flake outputs
   flakeOutputs =
     let
@@ -559,6 +607,6 @@ let
   kdevops = import ./eval-kdevops.nix { inherit lib nixosSystem modules hasInfix checker strict toplevelFact; };
 in
 {
-  inherit imageless libvirt baremetal controller assertions kdevops generations;
+  inherit imageless libvirt baremetal controller assertions kdevops generations verified;
   nixosinit = nixosInit;
 } // lib.optionalAttrs (flake != null) { flake = flakeOutputs; }

@@ -5,7 +5,7 @@
 #   nix-instantiate --read-write-mode --eval --strict --json nixos/tests/run.nix \
 #     --arg nixpkgs /path/to/nixpkgs --argstr mode imageless
 #
-# modes: imageless libvirt baremetal controller assertions nixosinit kdevops generations flake
+# modes: imageless libvirt baremetal controller assertions nixosinit kdevops generations verified flake
 { nixpkgs, mode, repo ? ../.. }:
 let
   offline = import ./offline.nix;

@@ -7,23 +7,14 @@
 
 mod common;
 
-use common::{assert_booted, context, kit, run_watched, Kit, ProbeStore};
-use nixboot_launcher::qemu::{Outcome, VmConfig};
+use common::firmware::{self, sh, FirmwareBoot};
+use common::firmware::{OVMF_CODE, OVMF_CODE_SECBOOT, OVMF_VARS, OVMF_VARS_MS};
+use common::{assert_booted, context, kit, Kit, ProbeStore};
+use nixboot_launcher::qemu::Outcome;
 use qemu_tests::artifacts::{self, require_file, require_tool};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-
-const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
-const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
-/// Secure Boot variables with Microsoft's keys; ours are enrolled into a copy.
-const OVMF_VARS_MS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
-/// Where `.ci/setup` says it installed virt-firmware's `virt-fw-vars` (a venv in its cache).
-const VIRT_FW_VARS_ENV: &str = "NIXBOOT_VIRT_FW_VARS";
-/// What OVMF's boot manager prints when an image fails verification: `Access Denied` for
-/// an unsigned or unknown image, `Security Violation` for a bad signature.
-const REFUSALS: [&str; 2] = ["Access Denied", "Security Violation"];
 
 /// A [`Kit`] with what a firmware boot needs.
 struct Uki {
@@ -129,46 +120,17 @@ impl Uki {
         bound: Option<Duration>,
         extra: &[String],
     ) -> Outcome {
-        let copy = self.kit.path(&format!(
-            "{}.vars",
-            esp.file_name().unwrap().to_str().unwrap()
-        ));
-        std::fs::copy(vars, &copy).unwrap();
-        let mut cfg = VmConfig::new(&self.kit.env.kernel, None, String::new());
-        cfg.qemu = self.kit.env.qemu.clone();
-        cfg.firmware_boot = true;
-        let console = self.kit.path("console.log");
-        cfg.console_file = Some(console.clone());
-        let machine = if secure { "q35,smm=on" } else { "q35" };
-        let mut args = vec!["-machine".to_string(), machine.to_string()];
-        if secure {
-            args.extend([
-                "-global".into(),
-                "driver=cfi.pflash01,property=secure,value=on".into(),
-            ]);
-        }
-        args.extend([
-            "-drive".into(),
-            format!(
-                "if=pflash,format=raw,unit=0,readonly=on,file={}",
-                self.code.display()
-            ),
-            "-drive".into(),
-            format!("if=pflash,format=raw,unit=1,file={}", copy.display()),
-            "-drive".into(),
-            format!("file={},format=raw,if=virtio", esp.display()),
-        ]);
-        args.extend(extra.iter().cloned());
-        cfg.extra_qemu_args = args;
-        run_watched(&self.kit.test, cfg, &mut |elapsed| {
-            let text = std::fs::read(&console).unwrap_or_default();
-            let text = String::from_utf8_lossy(&text);
-            if let Some(r) = REFUSALS.iter().find(|r| text.contains(*r)) {
-                return Some(format!("the firmware refused the image: {r}"));
-            }
-            let late = bound.is_some_and(|b| elapsed > b);
-            (late && !text.contains("Linux version")).then(|| format!("no kernel within {bound:?}"))
-        })
+        firmware::boot(
+            &self.kit,
+            &FirmwareBoot {
+                code: &self.code,
+                vars,
+                disk: esp,
+                secure,
+                bound,
+                extra,
+            },
+        )
     }
 }
 
@@ -176,17 +138,6 @@ impl Uki {
 /// OVMF has ACPI).
 fn cmdline(init: &str) -> String {
     format!("console=ttyS0,115200 panic=-1 root=tmpfs init={init} -- alpha beta")
-}
-
-fn sh(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The probe ran as PID 1 on the tmpfs root, its store the embedded one, after the
@@ -219,42 +170,6 @@ fn uki_boots_under_ovmf_from_an_esp() {
     assert_uki_booted(&u, &o);
 }
 
-/// `$NIXBOOT_VIRT_FW_VARS`, else where `.ci/setup` puts it by default.
-fn virt_fw_vars() -> PathBuf {
-    if let Some(p) = std::env::var_os(VIRT_FW_VARS_ENV).filter(|v| !v.is_empty()) {
-        return p.into();
-    }
-    let home = std::env::var_os("HOME").unwrap_or_default();
-    let cache = std::env::var_os("NIXBOOT_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(&home).join(".cache/nixboot"));
-    cache.join("virt-firmware-26.10/bin/virt-fw-vars")
-}
-
-/// One key pair (`openssl req -x509`), enrolled as PK, KEK and db into a copy of OVMF's
-/// Secure Boot variables, Secure Boot on; returns (key, cert, vars).
-fn enroll_test_keys(u: &Uki, virt_fw_vars: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let key = u.kit.path("db.key");
-    let cert = u.kit.path("db.crt");
-    sh(Command::new("openssl")
-        .args([
-            "req", "-new", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
-        ])
-        .args(["-subj", "/CN=nixboot test Secure Boot key/", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert));
-    let vars = u.kit.path("secure.vars");
-    let owner = "a0baa8a3-041d-48a8-bc87-c36d121b5e3d";
-    let mut cmd = Command::new(virt_fw_vars);
-    cmd.arg("-i").arg(&u.vars);
-    for opt in ["--set-pk", "--add-kek", "--add-db"] {
-        cmd.args([opt, owner]).arg(&cert);
-    }
-    sh(cmd.arg("--secure-boot").arg("-o").arg(&vars));
-    (key, cert, vars)
-}
-
 /// `efi` with one byte of its `.cmdline` changed (`console=` -> `Console=`): the
 /// command line is found as the one place the file holds it (the initrd is compressed).
 fn tamper(efi: &Path, out: &Path, cmdline: &str) {
@@ -277,10 +192,11 @@ fn secure_boot_takes_the_signed_uki_and_refuses_unsigned_or_tampered_ones() {
     let Some(sbsign) = require_tool(test, "sbsign") else {
         return;
     };
-    let Some(virt_fw_vars) = require_file(test, &virt_fw_vars(), "virt-firmware (PyPI)") else {
+    let Some(virt_fw_vars) = require_file(test, &firmware::virt_fw_vars(), "virt-firmware (PyPI)")
+    else {
         return;
     };
-    let (key, cert, vars) = enroll_test_keys(&u, &virt_fw_vars);
+    let (key, cert, vars) = firmware::enroll_test_keys(&u.kit, &u.vars, &virt_fw_vars);
     let unsigned = u.build("unsigned.efi");
     let signed = u.kit.path("signed.efi");
     sh(Command::new(sbsign)

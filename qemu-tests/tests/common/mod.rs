@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod disk;
+pub mod firmware;
 pub mod fixture;
 
 use mkinitrd::cpio::ArchiveBuilder;
