@@ -562,9 +562,9 @@ let
         (check (p.mkinitrd.NIXBOOT_DEFAULT_INIT == "${p.init}/bin/init" && hasSuffix ".drv" p.mkinitrd.drvPath)
           "packages.mkinitrd: NIXBOOT_DEFAULT_INIT = the init")
         (check (hasSuffix ".drv" p.nixboot-qemu.drvPath) "packages.nixboot-qemu instantiates")
-        (check (all (n: lib.hasAttrByPath n m) [ [ "backends" "imageless" ] [ "backends" "libvirt" ] [ "baremetal" ] [ "generations" ]
+        (check (all (n: lib.hasAttrByPath n m) [ [ "backends" "imageless" ] [ "backends" "libvirt" ] [ "baremetal" ] [ "generations" ] [ "verified" ]
           [ "profiles" "controller" ] [ "user" ] [ "mounts" "shares" ] [ "mounts" "storage" ] [ "default" ] ])
-          "nixosModules: backends.{imageless,libvirt} baremetal generations profiles.controller user mounts.{shares,storage} default")
+          "nixosModules: backends.{imageless,libvirt} baremetal generations verified profiles.controller user mounts.{shares,storage} default")
         (check (all (n: lib.hasAttrByPath n m) ([ [ "guest" ] [ "controller" "guestState" ] [ "testSuites" "default" ] ]
           ++ map (p: [ "profiles" p ]) [ "devel" "build-tools" "monitoring" ]
           ++ map (s: [ "testSuites" s ]) [ "fstests" "blktests" "ltp" "selftests" "mmtests" "pynfs" "sysbench" "gitr" ]))
