@@ -74,6 +74,18 @@ impl ExecClosure {
 
     /// [`Self::exec`] with the launcher started in `dir`.
     fn exec_in(&self, dir: &Path, command: &str, extra: &[&str]) -> (Output, Duration) {
+        let mut args = extra.to_vec();
+        args.extend(["--exec", command]);
+        self.launch(dir, &args, None)
+    }
+
+    /// The launcher with `args`, `input` on its stdin.
+    fn run_with_input(&self, args: &[&str], input: &[u8]) -> (Output, Duration) {
+        self.launch(Path::new("."), args, Some(input))
+    }
+
+    /// `nixboot-qemu --closure ... ARGS...` in `dir`; stdin is `input`, else /dev/null.
+    fn launch(&self, dir: &Path, args: &[&str], input: Option<&[u8]>) -> (Output, Duration) {
         let env = &self.kit.env;
         let mut cmd = Command::new(launcher());
         cmd.current_dir(dir);
@@ -95,17 +107,15 @@ impl ExecClosure {
             .arg(BOOT_TIMEOUT.as_secs().to_string())
             .arg("--console-log")
             .arg(self.kit.path("console.log"))
-            .args(extra)
-            .arg("--exec")
-            .arg(command);
+            .args(args);
         let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
         let t = Instant::now();
-        let out = cmd.output().expect("running nixboot-qemu");
+        let out = run_fed(&mut cmd, input);
         let took = t.elapsed();
         eprintln!(
             "{}: {:?} -> {} in {took:?}; stderr: {}",
             self.kit.test,
-            command,
+            args,
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
@@ -314,17 +324,18 @@ fn the_nixos_agent_speaks_the_same_protocol() {
     assert!(out.status.success() && !off);
 }
 
-/// The agent under a real systemd (Debian's 252, the NixOS-shaped scripted closure of
-/// `qemu_tests::nixos_closure`): the closure's toplevel derived with the agent's unit
-/// (after multi-user.target), the marker, and without the report unit (it powers off).
-#[test]
-fn real_systemd_runs_the_command_through_the_agent() {
+/// A real systemd (Debian's 252, the NixOS-shaped scripted closure of
+/// `qemu_tests::nixos_closure`) whose toplevel is derived with the agent's unit (after
+/// multi-user.target), the marker, and without the report unit (the agent powers off).
+fn agent_closure(test: &str) -> Option<ExecClosure> {
     use qemu_tests::nixos_closure::{self, Flavour, RealParts};
-    let test = "exec_real_systemd";
-    let Some(kit) = kit(test) else { return };
+    let kit = kit(test)?;
     let parts = match RealParts::from_env() {
         Ok(p) => p,
-        Err(e) => return artifacts::skip(test, &e),
+        Err(e) => {
+            artifacts::skip(test, &e);
+            return None;
+        }
     };
     let cache = std::env::var_os("NIXBOOT_CACHE")
         .map(PathBuf::from)
@@ -379,18 +390,29 @@ fn real_systemd_runs_the_command_through_the_agent() {
         agent = agent.display()
     ));
     let initrd = kit.initrd(None, &["virtio_pci", "virtiofs", "virtio_console"]);
-    let c = ExecClosure {
+    Some(ExecClosure {
         initrd: kit.write_initrd("initrd", &initrd.bytes),
         system: store.join(&new_top),
         store,
         kit,
+    })
+}
+
+/// What the real-systemd boots append: Debian's default target is graphical.
+const SYSTEMD_APPEND: [&str; 2] = [
+    "--append",
+    "systemd.show_status=error systemd.unit=multi-user.target",
+];
+
+/// The agent under a real systemd runs the command after multi-user.target.
+#[test]
+fn real_systemd_runs_the_command_through_the_agent() {
+    let Some(c) = agent_closure("exec_real_systemd") else {
+        return;
     };
     let (out, _) = c.exec(
         "echo out-$(id -un) $HOME; echo err-1 >&2; exit 3",
-        &[
-            "--append",
-            "systemd.show_status=error systemd.unit=multi-user.target",
-        ],
+        &SYSTEMD_APPEND,
     );
     let ctx = c.context(&out);
     assert_eq!(out.status.code(), Some(3), "{ctx}");
@@ -401,6 +423,39 @@ fn real_systemd_runs_the_command_through_the_agent() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err-1\n", "{ctx}");
     assert!(c.console().contains("nixboot-exec-agent: ["), "{ctx}");
+}
+
+/// `--shell` under a real systemd: the agent's pseudo-terminal, fed from a pipe. The
+/// shell's output (echo and prompts included) comes back on stdout, its status is ours.
+#[test]
+fn real_systemd_shell_takes_input_and_gives_its_status() {
+    let Some(c) = agent_closure("exec_real_systemd_shell") else {
+        return;
+    };
+    let input = b"echo $((40+2)) $(tty) $(id -un); exit 4\n";
+    let (out, _) = c.run_with_input(&["--shell", SYSTEMD_APPEND[0], SYSTEMD_APPEND[1]], input);
+    let ctx = c.context(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{stdout}{ctx}");
+    // Only the command's output has 42 (the echoed input has `$((40+2))`); the shell is
+    // root's, on a pseudo-terminal.
+    assert!(stdout.contains("42 /dev/pts/"), "{stdout:?}{ctx}");
+    assert!(stdout.contains(" root"), "{stdout:?}{ctx}");
+}
+
+/// Runs `cmd` to its end with `input` written to its stdin (then closed).
+fn run_fed(cmd: &mut Command, input: Option<&[u8]>) -> Output {
+    let Some(input) = input else {
+        return cmd.output().expect("running nixboot-qemu");
+    };
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("running nixboot-qemu");
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, input).unwrap();
+    drop(stdin);
+    child.wait_with_output().unwrap()
 }
 
 fn sh(script: &str) {
