@@ -396,6 +396,8 @@ fn apply_nixboot(o: &mut Options, key: &str, value: Option<&str>) -> Result<(), 
             Ok(p) => return Err(format!("{p:?} is not an absolute path below /, ignored")),
             Err(e) => return Err(format!("not a path in base64 ({e}), ignored")),
         },
+        // `nixboot-qemu --shell`'s terminal: the closure's agent reads it, not the init.
+        "nixboot.tty" => {}
         // Our namespace: a typo here would otherwise go unnoticed.
         _ => {
             return Err(format!(
@@ -416,6 +418,7 @@ const NIXBOOT_KEYS: &[&str] = &[
     "nixboot.debug",
     "nixboot.exec",
     "nixboot.cwd",
+    "nixboot.tty",
 ];
 
 /// dracut's booleans: a bare key is `1`.
