@@ -4,7 +4,10 @@
 # with a login shell (`bash -l -c`), its stdout and stderr on the virtio-serial ports
 # nixboot.exec.stdout/.stderr, writes `started` and `exit=N` on nixboot.exec.status, then
 # powers the guest off. The formats are protocol/src/exec.rs's (the launcher writes them).
-# Needs: bash, coreutils (base64, sleep), systemctl.
+# With `nixboot.tty=ROWS,COLS,TERM` (`nixboot-qemu --shell`) the command runs on a
+# pseudo-terminal made by util-linux's `script`, whose other side is the stdout port, read
+# and written (the user's keys come in on it).
+# Needs: bash, coreutils (base64, sleep), systemctl; util-linux (script) for --shell.
 set -u
 # Test hooks (qemu-tests/tests/exec.rs runs this script on the host against plain files).
 cmdline=${NIXBOOT_EXEC_CMDLINE:-/proc/cmdline}
@@ -20,13 +23,14 @@ say() {
   echo "nixboot-exec-agent: [$up] $*" >&2
 }
 
-encoded= cwd=
+encoded= cwd= tty=
 read -r -a words <"$cmdline"
 for w in "${words[@]}"; do
   case $w in
     nixboot.exec=*) encoded=${w#nixboot.exec=} ;;
     # --share-cwd: nixboot's init mounted the host's directory there.
     nixboot.cwd=*) cwd=$(printf '%s' "${w#nixboot.cwd=}" | base64 -d) || cwd= ;;
+    nixboot.tty=*) tty=${w#nixboot.tty=} ;;
   esac
 done
 if [ -z "$encoded" ]; then
@@ -67,10 +71,25 @@ say "ports $out $err $status; running the command"
 exec 3>"$status"
 echo started >&3
 if [ -n "$cwd" ] && cd "$cwd"; then :; else cd /root 2>/dev/null || cd /; fi
-env -i HOME=/root USER=root LOGNAME=root SHELL="$(command -v bash)" TERM=dumb \
-  PATH=/run/wrappers/bin:/run/current-system/sw/bin:/usr/bin:/bin:/usr/sbin:/sbin \
-  bash -l -c "$command" </dev/null >"$out" 2>"$err"
-rc=$?
+env_root() {
+  env -i HOME=/root USER=root LOGNAME=root SHELL="$(command -v bash)" TERM="$1" \
+    PATH=/run/wrappers/bin:/run/current-system/sw/bin:/usr/bin:/bin:/usr/sbin:/sbin "${@:2}"
+}
+if [ -n "$tty" ]; then
+  IFS=, read -r rows cols term <<<"$tty"
+  # One open of the port for both directions: a virtio port has one opener at a time.
+  # script: -e its status is the command's; -c runs through $SHELL -c, here bash.
+  exec 4<>"$out"
+  # shellcheck disable=SC2016 # expanded by the shell that script starts
+  env_root "${term:-dumb}" NIXBOOT_TTY="rows ${rows:-24} cols ${cols:-80}" NIXBOOT_COMMAND="$command" \
+    script -q -e -f -c 'stty $NIXBOOT_TTY; c=$NIXBOOT_COMMAND; unset NIXBOOT_TTY NIXBOOT_COMMAND; exec bash -l -c "$c"' \
+    /dev/null <&4 >&4 2>"$err"
+  rc=$?
+  exec 4>&-
+else
+  env_root dumb bash -l -c "$command" </dev/null >"$out" 2>"$err"
+  rc=$?
+fi
 echo "exit=$rc" >&3
 exec 3>&-
 say "the command exited with status $rc; powering off"

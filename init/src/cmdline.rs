@@ -402,6 +402,8 @@ fn apply_nixboot(o: &mut Options, key: &str, value: Option<&str>) -> Result<(), 
         k if k.starts_with("nixboot.verity.") => {
             return crate::verity::options::apply(&mut o.verity, k, value)
         }
+        // `nixboot-qemu --shell`'s terminal: the closure's agent reads it, not the init.
+        "nixboot.tty" => {}
         // Our namespace: a typo here would otherwise go unnoticed.
         _ => {
             return Err(format!(
@@ -423,6 +425,7 @@ const NIXBOOT_KEYS: &[&str] = &[
     "nixboot.exec",
     "nixboot.cwd",
     "nixboot.verity.*",
+    "nixboot.tty",
 ];
 
 /// dracut's booleans: a bare key is `1`.

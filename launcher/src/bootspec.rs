@@ -46,24 +46,9 @@ impl BootSpec {
 }
 
 /// Kernel parameters every guest of this launcher gets (tests and benchmark included).
-///
-/// `pci=noacpi`: the launcher's machine is QEMU's i440fx `pc` (`-machine pc`), whose BIOS
-/// provides the legacy PCI IRQ routing table. With ACPI routing the kernel interprets the
-/// `_PRT` method for every PCI device it enables: nixboot-bench traced ~200 ms per virtio
-/// device under TCG (`acpi_pci_irq_enable`), against ~15 ms with this option. It would be
-/// wrong on q35, which is why the machine type is pinned next to it.
-///
-/// `pci=nomsi`: the guest comes up without a local APIC here ("No local APIC present", with
-/// `-cpu max` and `qemu64` alike under TCG), so there is no MSI interrupt domain; virtio_pci
-/// still tries MSI-X first and the kernel's legacy fallback prints two `WARNING:` stack
-/// traces (pci_msi_setup_msi_irqs, pci_msi_teardown_msi_irqs) on every boot before using
-/// the INTx interrupt it then gets anyway. Without MSI it takes INTx directly.
-pub const BASE_PARAMS: [&str; 4] = [
-    "console=ttyS0,115200",
-    "panic=-1",
-    "pci=noacpi",
-    "pci=nomsi",
-];
+/// The machine's own (`pci=noacpi pci=nomsi` on `pc`) are added by the launcher with
+/// the machine: `crate::machine::Machine::kernel_params`.
+pub const BASE_PARAMS: [&str; 2] = ["console=ttyS0,115200", "panic=-1"];
 
 /// The kernel command line: fixed base, then the closure's params, then the user's.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -236,16 +221,13 @@ mod tests {
         assert_eq!(
             c.render(),
             format!(
-                "console=ttyS0,115200 panic=-1 pci=noacpi pci=nomsi root=tmpfs init={} loglevel=4 nixboot.debug \
+                "console=ttyS0,115200 panic=-1 root=tmpfs init={} loglevel=4 nixboot.debug \
                  rd.timeout=3 -- alpha \"beta gamma\"",
                 b.init
             )
         );
         let bare = KernelCmdline::default().render();
-        assert_eq!(
-            bare,
-            "console=ttyS0,115200 panic=-1 pci=noacpi pci=nomsi root=tmpfs"
-        );
+        assert_eq!(bare, "console=ttyS0,115200 panic=-1 root=tmpfs");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //!
 //! - [`virtiofsd`]: one virtiofsd process per [`Share`], killed when dropped.
 //! - [`accel`]: KVM when it really works on this host, else TCG.
+//! - [`machine`]: the machine type (`pc`, `q35`, `microvm`) and what goes with it.
 //! - [`qemu`]: assembles the QEMU command line, streams and captures the console.
 //! - [`console`]: parses the init's status line, the probe's result, kernel panics.
 //! - [`exec`]: command mode's virtio-serial ports (`--exec`).
@@ -14,12 +15,14 @@ pub mod accel;
 pub mod bootspec;
 pub mod console;
 pub mod exec;
+pub mod machine;
 pub mod qemu;
 pub mod virtiofsd;
 
 pub use accel::{Accel, AccelChoice};
 pub use bootspec::{BootSpec, KernelCmdline};
 pub use console::{ConsoleFacts, Status, StatusLine};
+pub use machine::Machine;
 pub use qemu::{Outcome, VmConfig};
 pub use virtiofsd::Share;
 

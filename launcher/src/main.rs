@@ -14,11 +14,14 @@ use nixboot_launcher::bootspec::{self, BootSpec, KernelCmdline};
 use nixboot_launcher::console::Status;
 use nixboot_launcher::exec::{ExecPorts, ExecState};
 use nixboot_launcher::qemu::{self, Outcome, VmConfig};
-use nixboot_launcher::{said_once, Accel, Share};
+use nixboot_launcher::{said_once, Accel, Machine, Share};
+use nixboot_protocol::exec::Tty;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
+
+mod terminal;
 
 const AFTER_HELP: &str = "\
 Exit status: 0 booted (the init said status=ok, the guest stopped cleanly); 1 the boot
@@ -36,6 +39,7 @@ works). `bash .ci/setup` (in nixboot's repository) installs QEMU, builds virtiof
 
 #[derive(Parser, Debug)]
 #[command(
+    group(clap::ArgGroup::new("command_mode").args(["exec", "shell"])),
     name = "nixboot-qemu",
     version,
     about = "Boot a NixOS closure in QEMU with /nix/store (and kernel modules) over virtiofs",
@@ -59,7 +63,9 @@ struct Cli {
     /// lib/modules/<version>.
     #[arg(long, value_name = "DIR")]
     modules: Option<PathBuf>,
-    /// The store shared read-only as tag `store` (seen as /nix/store by the guest).
+    /// The store shared read-only as tag `store` (seen as /nix/store by the guest), cached
+    /// by the guest without revalidation (virtiofsd --cache=always; likewise --modules):
+    /// it must not change while the guest runs. Other shares are not cached (--cache=never).
     #[arg(long, value_name = "DIR", default_value = "/nix/store")]
     store: PathBuf,
     /// Extra share, TAG=DIR read-write or TAG=DIR:ro read-only (repeatable). The guest
@@ -74,6 +80,12 @@ struct Cli {
     /// (outbound connections; DHCP from 10.0.2.2); `none` (default) gives it no NIC.
     #[arg(long, value_name = "MODE", default_value = "none")]
     net: NetArg,
+    /// The emulated machine: pc (i440fx, the default: the fastest to boot under TCG here),
+    /// q35, or microvm (virtio-mmio, no PCI: the initrd must load virtio_mmio instead of
+    /// virtio_pci; under TCG its kernel hangs calibrating clocks, KVM untested).
+    /// Measured in docs/machines.md.
+    #[arg(long, value_name = "MACHINE", default_value = "pc", value_parser = parse_machine)]
+    machine: Machine,
     /// Guest memory in MiB.
     #[arg(long, value_name = "MiB", default_value_t = 1024)]
     memory: u32,
@@ -106,15 +118,24 @@ struct Cli {
     /// (`mkinitrd --module virtio_console`) for closures without systemd.
     #[arg(long, value_name = "CMD")]
     exec: Option<String>,
-    /// With --exec: how long to wait for the guest to start the command (exit 125 after).
-    #[arg(long, value_name = "SECS", value_parser = parse_timeout, default_value = "300", requires = "exec")]
+    /// An interactive root shell in a NixOS guest (the imageless module's agent), on a
+    /// pseudo-terminal of your terminal's size: the guest boots to its target, the agent
+    /// starts `bash -i` (after a login shell's profile), your terminal is raw until it
+    /// exits; its exit ends the VM and gives our exit status (as --exec's). The console
+    /// goes to a file as with --exec. From a pipe, the input's end is sent as Ctrl-D.
+    /// Closures without the agent (served by nixboot's init) cannot give a terminal.
+    #[arg(long, conflicts_with = "exec")]
+    shell: bool,
+    /// With --exec or --shell: how long to wait for the guest to start the command (exit
+    /// 125 after).
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout, default_value = "300", requires = "command_mode")]
     exec_timeout: Duration,
-    /// With --exec: also show the console as it comes, on stderr.
-    #[arg(long, requires = "exec")]
+    /// With --exec or --shell: also show the console as it comes, on stderr.
+    #[arg(long, requires = "command_mode")]
     console: bool,
-    /// With --exec: where the console is written [default: a new file in $TMPDIR, named
-    /// when something goes wrong].
-    #[arg(long, value_name = "FILE", requires = "exec")]
+    /// With --exec or --shell: where the console is written [default: a new file in
+    /// $TMPDIR, named when something goes wrong].
+    #[arg(long, value_name = "FILE", requires = "command_mode")]
     console_log: Option<PathBuf>,
     /// Arguments for the init (after ` -- ` on the kernel command line).
     #[arg(last = true, value_name = "ARGS")]
@@ -128,17 +149,15 @@ enum NetArg {
 }
 
 /// QEMU's arguments for `--net`.
-fn net_args(net: NetArg) -> Vec<String> {
+fn net_args(net: NetArg, machine: Machine) -> Vec<String> {
     match net {
         NetArg::None => Vec::new(),
-        NetArg::User => [
-            "-netdev",
-            "user,id=net0",
-            "-device",
-            "virtio-net-pci,netdev=net0",
-        ]
-        .map(String::from)
-        .to_vec(),
+        NetArg::User => vec![
+            "-netdev".into(),
+            "user,id=net0".into(),
+            "-device".into(),
+            format!("{},netdev=net0", machine.virtio_device("virtio-net")),
+        ],
     }
 }
 
@@ -147,6 +166,10 @@ enum AccelArg {
     Kvm,
     Tcg,
     Auto,
+}
+
+fn parse_machine(s: &str) -> Result<Machine, String> {
+    s.parse()
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
@@ -266,13 +289,20 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     }
 
     let cwd = shared_cwd(cli)?;
+    let command = command(cli);
+    let tty = cli.shell.then(terminal::guest_tty);
     let cmdline = KernelCmdline {
         init,
         kernel_params: spec
             .as_ref()
             .map(|s| s.kernel_params.clone())
             .unwrap_or_default(),
-        append: exec_append(cli.append.as_deref(), cli.exec.as_deref(), cwd.as_deref()),
+        append: exec_append(
+            cli.append.as_deref(),
+            command.as_deref(),
+            cwd.as_deref(),
+            tty.as_ref(),
+        ),
         init_args: cli.init_args.clone(),
     }
     .render();
@@ -281,6 +311,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let mut cfg = VmConfig::new(kernel, Some(initrd), cmdline);
     cfg.qemu = find_qemu(&cli.qemu)?;
     cfg.virtiofsd = find_virtiofsd(cli.virtiofsd.as_deref())?;
+    cfg.machine = cli.machine;
     cfg.memory_mb = cli.memory;
     cfg.cpus = cli.cpus;
     cfg.shares = shares;
@@ -290,11 +321,21 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Some(AccelArg::Tcg) => Some(Accel::Tcg),
     };
     cfg.timeout = cli.timeout;
-    cfg.extra_qemu_args.extend(net_args(cli.net));
-    match &cli.exec {
+    cfg.extra_qemu_args.extend(net_args(cli.net, cli.machine));
+    match &command {
         Some(command) => run_exec(cli, cfg, command),
         None => run_boot(cli, cfg),
     }
+}
+
+/// What `--shell` runs: bash, interactive, after the agent's login shell read the profile.
+const SHELL_COMMAND: &str = "exec bash -i";
+
+/// The command of command mode: `--exec`'s, or `--shell`'s.
+fn command(cli: &Cli) -> Option<String> {
+    cli.exec
+        .clone()
+        .or_else(|| cli.shell.then(|| SHELL_COMMAND.to_string()))
 }
 
 /// The closure's (or `--boot-json`'s) boot.json, when there is one.
@@ -380,11 +421,14 @@ fn shared_cwd(cli: &Cli) -> anyhow::Result<Option<String>> {
     Ok(cwd)
 }
 
-/// The store (read-only), the modules, the working directory, then `--share`s.
+/// The store, the modules, the working directory, then `--share`s. The store and the
+/// modules are immutable while the guest runs, so the guest caches them without asking
+/// again (`Share::immutable`, virtiofsd `--cache=always`: measured in docs/machines.md);
+/// the others may change on the host under the guest and are not cached.
 fn shares(cli: &Cli, cwd: Option<&str>) -> anyhow::Result<Vec<Share>> {
-    let mut shares = vec![Share::new("store", &cli.store)?.readonly()];
+    let mut shares = vec![Share::new("store", &cli.store)?.immutable()];
     if let Some(m) = &cli.modules {
-        shares.push(Share::new("modules", bootspec::modules_share_dir(m)?)?.readonly());
+        shares.push(Share::new("modules", bootspec::modules_share_dir(m)?)?.immutable());
     }
     if let Some(d) = cwd {
         shares.push(Share::new(nixboot_protocol::exec::CWD_TAG, d)?);
@@ -399,7 +443,7 @@ fn shares(cli: &Cli, cwd: Option<&str>) -> anyhow::Result<Vec<Share>> {
 fn run_boot(cli: &Cli, mut cfg: VmConfig) -> anyhow::Result<ExitCode> {
     cfg.quiet = cli.quiet;
     cfg.interactive = true;
-    eprintln!("nixboot-qemu: kernel command line: {}", cfg.cmdline);
+    eprintln!("nixboot-qemu: kernel command line: {}", cfg.full_cmdline());
     if std::io::stdin().is_terminal() {
         eprintln!("nixboot-qemu: the console follows; leave it with Ctrl-A then x");
     }
@@ -417,14 +461,22 @@ fn run_boot(cli: &Cli, mut cfg: VmConfig) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
-/// `--append`, then the shared working directory's and the command's parameters.
-fn exec_append(append: Option<&str>, exec: Option<&str>, cwd: Option<&str>) -> Option<String> {
+/// `--append`, then the shared working directory's, the command's and the terminal's
+/// parameters.
+fn exec_append(
+    append: Option<&str>,
+    exec: Option<&str>,
+    cwd: Option<&str>,
+    tty: Option<&Tty>,
+) -> Option<String> {
     let cwd = cwd.map(nixboot_protocol::exec::cwd_param);
     let param = exec.map(nixboot_protocol::exec::cmdline_param);
+    let tty = tty.map(Tty::param);
     let parts: Vec<&str> = append
         .into_iter()
         .chain(cwd.as_deref())
         .chain(param.as_deref())
+        .chain(tty.as_deref())
         .collect();
     (!parts.is_empty()).then(|| parts.join(" "))
 }
@@ -450,8 +502,17 @@ fn run_exec(cli: &Cli, mut cfg: VmConfig, command: &str) -> anyhow::Result<ExitC
     cfg.console_to_stderr = true;
     cfg.interactive = false;
     let ports = ExecPorts::new()?;
-    cfg.extra_qemu_args.extend(ports.qemu_args());
-    let running = ports.start(Box::new(std::io::stdout()), Box::new(std::io::stderr()));
+    cfg.extra_qemu_args.extend(ports.qemu_args(cfg.machine));
+    // --shell: the keys go to the guest's terminal; ours is raw until the guard drops.
+    let (input, raw) = match cli.shell {
+        true => terminal::input(),
+        false => (None, None),
+    };
+    let running = ports.start_with_input(
+        Box::new(std::io::stdout()),
+        Box::new(std::io::stderr()),
+        input,
+    );
     let exec_timeout = cli.exec_timeout;
     let outcome = qemu::run_watched(&cfg, &mut |elapsed| {
         let st = running.state();
@@ -464,6 +525,7 @@ fn run_exec(cli: &Cli, mut cfg: VmConfig, command: &str) -> anyhow::Result<ExitC
         }
     });
     let state = running.finish();
+    drop(raw);
     let outcome = outcome?;
     let (code, message) = exec_verdict(&state, &outcome, exec_timeout, &console, command);
     if let Some(m) = message {
@@ -709,23 +771,47 @@ mod tests {
 
     #[test]
     fn user_networking_is_one_virtio_nic() {
-        assert!(net_args(NetArg::None).is_empty());
+        assert!(net_args(NetArg::None, Machine::Pc).is_empty());
         assert_eq!(
-            net_args(NetArg::User).join(" "),
+            net_args(NetArg::User, Machine::Pc).join(" "),
             "-netdev user,id=net0 -device virtio-net-pci,netdev=net0"
+        );
+        assert_eq!(
+            net_args(NetArg::User, Machine::Microvm).join(" "),
+            "-netdev user,id=net0 -device virtio-net-device,netdev=net0"
         );
     }
 
     #[test]
     fn the_command_goes_after_append() {
-        assert_eq!(exec_append(None, None, None), None);
+        assert_eq!(exec_append(None, None, None, None), None);
         assert_eq!(
-            exec_append(Some("quiet"), None, None).as_deref(),
+            exec_append(Some("quiet"), None, None, None).as_deref(),
             Some("quiet")
         );
         assert_eq!(
-            exec_append(Some("quiet"), Some("true"), Some("/a")).as_deref(),
+            exec_append(Some("quiet"), Some("true"), Some("/a"), None).as_deref(),
             Some("quiet nixboot.cwd=L2E= nixboot.exec=dHJ1ZQ==")
         );
+        let tty = Tty {
+            rows: 24,
+            cols: 80,
+            term: "vt100".into(),
+        };
+        assert_eq!(
+            exec_append(None, Some("true"), None, Some(&tty)).as_deref(),
+            Some("nixboot.exec=dHJ1ZQ== nixboot.tty=24,80,vt100")
+        );
+    }
+
+    #[test]
+    fn shell_is_command_mode_with_a_terminal() {
+        let cli = Cli::try_parse_from(["nixboot-qemu", "--shell", "--exec-timeout", "5"]).unwrap();
+        assert_eq!(command(&cli).as_deref(), Some(SHELL_COMMAND));
+        assert!(Cli::try_parse_from(["nixboot-qemu", "--shell", "--exec", "x"]).is_err());
+        assert!(Cli::try_parse_from(["nixboot-qemu", "--console"]).is_err());
+        let cli = Cli::try_parse_from(["nixboot-qemu", "--machine", "q35"]).unwrap();
+        assert_eq!((cli.machine, command(&cli)), (Machine::Q35, None));
+        assert!(Cli::try_parse_from(["nixboot-qemu", "--machine", "virt"]).is_err());
     }
 }

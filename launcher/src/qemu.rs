@@ -3,6 +3,7 @@
 
 use crate::accel::{self, Accel, AccelChoice};
 use crate::console::{ConsoleFacts, StatusLine, PROBE_MARKER, STATUS_MARKER};
+use crate::machine::Machine;
 use crate::virtiofsd::{Share, Virtiofsd};
 use crate::{Error, Result};
 use std::io::{IsTerminal, Read, Write};
@@ -21,7 +22,10 @@ pub struct VmConfig {
     pub virtiofsd: PathBuf,
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
+    /// The kernel command line; [`Machine::kernel_params`] go before it
+    /// ([`VmConfig::full_cmdline`]).
     pub cmdline: String,
+    pub machine: Machine,
     pub memory_mb: u32,
     pub cpus: u32,
     pub shares: Vec<Share>,
@@ -60,6 +64,7 @@ impl VmConfig {
             kernel: kernel.into(),
             initrd,
             cmdline,
+            machine: Machine::default(),
             memory_mb: 1024,
             cpus: 1,
             shares: Vec::new(),
@@ -73,6 +78,15 @@ impl VmConfig {
             console_to_stderr: false,
             firmware_boot: false,
         }
+    }
+
+    /// The kernel command line QEMU passes: the machine's parameters, then [`Self::cmdline`].
+    pub fn full_cmdline(&self) -> String {
+        let mut parts: Vec<&str> = self.machine.kernel_params().to_vec();
+        if !self.cmdline.trim().is_empty() {
+            parts.push(self.cmdline.trim());
+        }
+        parts.join(" ")
     }
 }
 
@@ -358,6 +372,15 @@ fn wait_qemu(
 
 /// The QEMU command line (without the binary).
 pub fn qemu_args(cfg: &VmConfig, accel: Accel, daemons: &[Virtiofsd]) -> Vec<String> {
+    let sockets: Vec<(&str, &Path)> = daemons
+        .iter()
+        .map(|d| (d.share.tag.as_str(), d.socket.as_path()))
+        .collect();
+    args_for(cfg, accel, &sockets)
+}
+
+/// [`qemu_args`] with each share's tag and virtiofsd socket.
+fn args_for(cfg: &VmConfig, accel: Accel, sockets: &[(&str, &Path)]) -> Vec<String> {
     let mut a: Vec<String> = accel.qemu_args().iter().map(|s| s.to_string()).collect();
     let mem = cfg.memory_mb;
     a.extend([
@@ -365,22 +388,23 @@ pub fn qemu_args(cfg: &VmConfig, accel: Accel, daemons: &[Virtiofsd]) -> Vec<Str
         format!("{mem}M"),
         "-smp".into(),
         cfg.cpus.to_string(),
-        // vhost-user needs guest RAM in a shareable memfd.
+        // vhost-user needs guest RAM in a shareable memfd (the machine's memory-backend:
+        // microvm has no NUMA nodes to hang it on).
         "-object".into(),
         format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
-        "-numa".into(),
-        "node,memdev=mem".into(),
+        "-machine".into(),
+        format!("{},memory-backend=mem", cfg.machine.qemu_machine()),
     ]);
-    for (i, d) in daemons.iter().enumerate() {
+    for (i, (tag, socket)) in sockets.iter().enumerate() {
         a.push("-chardev".into());
         a.push(format!(
             "socket,id=vfs{i},path={}",
-            qemu_escape(&d.socket.display().to_string())
+            qemu_escape(&socket.display().to_string())
         ));
         a.push("-device".into());
         a.push(format!(
-            "vhost-user-fs-pci,chardev=vfs{i},tag={}",
-            d.share.tag
+            "{},chardev=vfs{i},tag={tag}",
+            cfg.machine.virtio_device("vhost-user-fs"),
         ));
     }
     if !cfg.firmware_boot {
@@ -391,7 +415,7 @@ pub fn qemu_args(cfg: &VmConfig, accel: Accel, daemons: &[Virtiofsd]) -> Vec<Str
             a.push(qemu_path(initrd));
         }
         a.push("-append".into());
-        a.push(cfg.cmdline.clone());
+        a.push(cfg.full_cmdline());
     }
     a.extend(
         [
@@ -399,9 +423,6 @@ pub fn qemu_args(cfg: &VmConfig, accel: Accel, daemons: &[Virtiofsd]) -> Vec<Str
             // clearing escapes would wipe the user's terminal.
             "-display",
             "none",
-            // i440fx, pinned: bootspec::BASE_PARAMS's pci=noacpi relies on its BIOS IRQ table.
-            "-machine",
-            "pc",
             "-nodefaults",
             "-no-reboot",
             // The console multiplexed with the monitor, as -serial mon:stdio does, so an
@@ -549,7 +570,7 @@ mod tests {
         assert!(joined.contains("memory-backend-memfd,id=mem,size=512M,share=on"));
         assert!(joined.contains("-kernel /k -initrd /i -append"));
         let i = a.iter().position(|x| x == "-append").unwrap();
-        assert_eq!(a[i + 1], "console=ttyS0 x");
+        assert_eq!(a[i + 1], "pci=noacpi pci=nomsi console=ttyS0 x");
         assert!(joined.contains("-no-reboot"));
         assert_eq!(qemu_escape("/a,b"), "/a,,b");
     }
@@ -564,6 +585,36 @@ mod tests {
             assert!(!a.iter().any(|x| x == gone), "{a:?}");
         }
         assert!(a.ends_with(&["-drive".to_string(), "file=esp.img".to_string()]));
+    }
+
+    #[test]
+    fn the_machine_picks_devices_and_kernel_parameters() {
+        let mut cfg = VmConfig::new("/k", None, "console=ttyS0 x".into());
+        let fs_device = |cfg: &VmConfig| {
+            let a = args_for(cfg, Accel::Tcg, &[("store", Path::new("/s/v.sock"))]);
+            let i = a.iter().position(|x| x.contains("chardev=vfs0")).unwrap();
+            let m = a
+                .iter()
+                .position(|x| x.contains("memory-backend=mem"))
+                .unwrap();
+            let append = a.iter().position(|x| x == "-append").unwrap();
+            (a[i].clone(), a[m].clone(), a[append + 1].clone())
+        };
+        assert_eq!(
+            fs_device(&cfg),
+            (
+                "vhost-user-fs-pci,chardev=vfs0,tag=store".into(),
+                "pc,memory-backend=mem".into(),
+                "pci=noacpi pci=nomsi console=ttyS0 x".into()
+            )
+        );
+        cfg.machine = Machine::Microvm;
+        let (dev, machine, append) = fs_device(&cfg);
+        assert_eq!(dev, "vhost-user-fs-device,chardev=vfs0,tag=store");
+        assert!(machine.starts_with("microvm,"), "{machine}");
+        assert_eq!(append, "console=ttyS0 x");
+        cfg.machine = Machine::Q35;
+        assert!(fs_device(&cfg).1.starts_with("q35,"));
     }
 
     #[test]

@@ -198,12 +198,7 @@ fn command(bin: &Path, share: &Share, socket: &Path) -> Command {
         // As root without namespaces: the namespace sandbox needs privileges CI
         // containers rarely grant, and the guest is ours anyway.
         .arg("--sandbox=none")
-        // The host may change the shared files between boots (tests rebuild them).
-        .arg(if share.immutable {
-            "--cache=always"
-        } else {
-            "--cache=never"
-        })
+        .arg(cache_arg(share))
         .arg("--log-level=warn");
     if share.readonly {
         cmd.arg("--readonly");
@@ -213,6 +208,23 @@ fn command(bin: &Path, share: &Share, socket: &Path) -> Command {
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     crate::die_with_parent(&mut cmd);
     cmd
+}
+
+/// virtiofsd's `--cache`: how long the guest may trust its page cache, dentries and
+/// attributes without asking virtiofsd. It is about coherence with changes made on the
+/// host, not about durability: guest writes go through to virtiofsd in every mode (no
+/// `--writeback` here), so no mode loses a write. `always` (never revalidate) is for
+/// directories nothing changes under a running guest, the store and the modules: the
+/// fastest, measured in docs/machines.md (a real systemd reached multi-user.target much
+/// sooner than with `never`). Anything else, writable or read-only, may be edited on the
+/// host while the guest runs (a developer's tree): `never`, so the guest sees every change
+/// at once.
+fn cache_arg(share: &Share) -> &'static str {
+    if share.immutable {
+        "--cache=always"
+    } else {
+        "--cache=never"
+    }
 }
 
 /// Collects the child's stdout and stderr into one log; the thread ends when both close.
@@ -264,6 +276,17 @@ fn collect(mut stream: Box<dyn Read + Send>, log: &Mutex<Vec<u8>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_immutable_shares_are_cached() {
+        let t = tempfile::tempdir().unwrap();
+        let rw = Share::new("cwd", t.path()).unwrap();
+        assert_eq!(cache_arg(&rw), "--cache=never");
+        assert_eq!(cache_arg(&rw.clone().readonly()), "--cache=never");
+        let store = rw.immutable();
+        assert!(store.readonly);
+        assert_eq!(cache_arg(&store), "--cache=always");
+    }
 
     #[test]
     fn share_parsing() {

@@ -106,6 +106,8 @@ let
             && u.unitConfig.ConditionKernelCommandLine == "nixboot.exec"
             && hasInfix "exec-agent.sh" u.serviceConfig.ExecStart)
           "--exec agent: nixboot-exec.service after multi-user.target, only with nixboot.exec=, runs exec-agent.sh")
+        (check (any (p: lib.getName p == "util-linux") c.systemd.services.nixboot-exec.path)
+          "--shell: the agent has util-linux (script) for the pseudo-terminal")
       ] ++ lib.optionals readDrvs [
         (check (hasInfix "nixboot-exec-agent" (drvText c.system.build.toplevel))
           "--exec agent: the toplevel carries the nixboot-exec-agent marker the init looks for")

@@ -14,6 +14,12 @@
 //!   command and its ports (the launcher's bounded wait ends there), then `exit=N` with the
 //!   command's status (a shell's: 128+signal for a command killed by a signal) once it has
 //!   ended and its output has been written. Then the guest powers off.
+//! - Terminal mode (`nixboot-qemu --shell`): `nixboot.tty=ROWS,COLS,TERM` ([`TTY_KEY`],
+//!   [`Tty`]) beside `nixboot.exec=` asks the runner for a pseudo-terminal of that size
+//!   and type: the command runs with the pty as its stdin, stdout and stderr, whose
+//!   master side is the stdout port, read as well as written (the user's keys come in on
+//!   it, after `started`); the stderr port stays for the runner's own complaints. Served
+//!   by the NixOS agent (util-linux `script`); nixboot's init ignores it.
 
 /// The kernel command-line key carrying the command.
 pub const CMDLINE_KEY: &str = "nixboot.exec";
@@ -22,6 +28,8 @@ pub const CMDLINE_KEY: &str = "nixboot.exec";
 /// path), where command mode also runs the command.
 pub const CWD_KEY: &str = "nixboot.cwd";
 pub const CWD_TAG: &str = "cwd";
+/// `nixboot-qemu --shell`: the pseudo-terminal the command runs on ([`Tty`]).
+pub const TTY_KEY: &str = "nixboot.tty";
 /// The virtio-serial port names (QEMU `virtserialport,name=`).
 pub const STDOUT_PORT: &str = "nixboot.exec.stdout";
 pub const STDERR_PORT: &str = "nixboot.exec.stderr";
@@ -41,6 +49,37 @@ pub fn cwd_param(path: &str) -> String {
 pub fn decode_command(value: &str) -> Result<String, String> {
     let bytes = decode(value)?;
     String::from_utf8(bytes).map_err(|_| "the decoded command is not UTF-8".to_string())
+}
+
+/// Terminal mode's pseudo-terminal: its size and `TERM`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tty {
+    pub rows: u16,
+    pub cols: u16,
+    /// Only `[A-Za-z0-9._+-]` survives [`Tty::param`]; anything else becomes `dumb`.
+    pub term: String,
+}
+
+impl Tty {
+    /// `nixboot.tty=ROWS,COLS,TERM`: the parameter the launcher appends.
+    pub fn param(&self) -> String {
+        let term_ok = !self.term.is_empty()
+            && self
+                .term
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
+        let term = if term_ok { self.term.as_str() } else { "dumb" };
+        format!("{TTY_KEY}={},{},{term}", self.rows, self.cols)
+    }
+
+    /// Reads the value of `nixboot.tty=` (the agent splits it the same way in bash).
+    pub fn parse(value: &str) -> Option<Tty> {
+        let mut it = value.splitn(3, ',');
+        let rows = it.next()?.parse().ok()?;
+        let cols = it.next()?.parse().ok()?;
+        let term = it.next()?.to_string();
+        Some(Tty { rows, cols, term })
+    }
 }
 
 /// One line of the status port.
@@ -157,6 +196,29 @@ mod tests {
         assert!(decode("Z===").is_err());
         assert!(decode("Zm9*").is_err());
         assert!(decode_command("/w==").is_err(), "0xff is not UTF-8");
+    }
+
+    #[test]
+    fn tty_parameters_round_trip_and_refuse_odd_terms() {
+        let t = Tty {
+            rows: 50,
+            cols: 132,
+            term: "xterm-256color".into(),
+        };
+        assert_eq!(t.param(), "nixboot.tty=50,132,xterm-256color");
+        let value = t.param();
+        assert_eq!(
+            Tty::parse(value.strip_prefix("nixboot.tty=").unwrap()),
+            Some(t)
+        );
+        let odd = Tty {
+            rows: 1,
+            cols: 2,
+            term: "a b".into(),
+        };
+        assert_eq!(odd.param(), "nixboot.tty=1,2,dumb");
+        assert_eq!(Tty::parse("x,2,dumb"), None);
+        assert_eq!(Tty::parse("1,2"), None);
     }
 
     #[test]

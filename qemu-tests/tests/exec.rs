@@ -27,6 +27,8 @@ fn launcher() -> &'static Path {
 /// virtio_console with the virtiofs modules.
 struct ExecClosure {
     kit: Kit,
+    /// The launcher's `--timeout`.
+    timeout: Duration,
     store: PathBuf,
     system: PathBuf,
     initrd: PathBuf,
@@ -59,6 +61,7 @@ fn closure(test: &str) -> Option<ExecClosure> {
     );
     let initrd = kit.write_initrd("initrd", &initrd.bytes);
     Some(ExecClosure {
+        timeout: BOOT_TIMEOUT,
         store: probe.store,
         system: probe.system,
         initrd,
@@ -74,6 +77,18 @@ impl ExecClosure {
 
     /// [`Self::exec`] with the launcher started in `dir`.
     fn exec_in(&self, dir: &Path, command: &str, extra: &[&str]) -> (Output, Duration) {
+        let mut args = extra.to_vec();
+        args.extend(["--exec", command]);
+        self.launch(dir, &args, None)
+    }
+
+    /// The launcher with `args`, `input` on its stdin.
+    fn run_with_input(&self, args: &[&str], input: &[u8]) -> (Output, Duration) {
+        self.launch(Path::new("."), args, Some(input))
+    }
+
+    /// `nixboot-qemu --closure ... ARGS...` in `dir`; stdin is `input`, else /dev/null.
+    fn launch(&self, dir: &Path, args: &[&str], input: Option<&[u8]>) -> (Output, Duration) {
         let env = &self.kit.env;
         let mut cmd = Command::new(launcher());
         cmd.current_dir(dir);
@@ -92,20 +107,18 @@ impl ExecClosure {
             .arg("--virtiofsd")
             .arg(&env.virtiofsd)
             .arg("--timeout")
-            .arg(BOOT_TIMEOUT.as_secs().to_string())
+            .arg(self.timeout.as_secs().to_string())
             .arg("--console-log")
             .arg(self.kit.path("console.log"))
-            .args(extra)
-            .arg("--exec")
-            .arg(command);
+            .args(args);
         let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
         let t = Instant::now();
-        let out = cmd.output().expect("running nixboot-qemu");
+        let out = run_fed(&mut cmd, input);
         let took = t.elapsed();
         eprintln!(
             "{}: {:?} -> {} in {took:?}; stderr: {}",
             self.kit.test,
-            command,
+            args,
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
@@ -314,17 +327,18 @@ fn the_nixos_agent_speaks_the_same_protocol() {
     assert!(out.status.success() && !off);
 }
 
-/// The agent under a real systemd (Debian's 252, the NixOS-shaped scripted closure of
-/// `qemu_tests::nixos_closure`): the closure's toplevel derived with the agent's unit
-/// (after multi-user.target), the marker, and without the report unit (it powers off).
-#[test]
-fn real_systemd_runs_the_command_through_the_agent() {
+/// A real systemd (Debian's 252, the NixOS-shaped scripted closure of
+/// `qemu_tests::nixos_closure`) whose toplevel is derived with the agent's unit (after
+/// multi-user.target), the marker, and without the report unit (the agent powers off).
+fn agent_closure(test: &str) -> Option<ExecClosure> {
     use qemu_tests::nixos_closure::{self, Flavour, RealParts};
-    let test = "exec_real_systemd";
-    let Some(kit) = kit(test) else { return };
+    let kit = kit(test)?;
     let parts = match RealParts::from_env() {
         Ok(p) => p,
-        Err(e) => return artifacts::skip(test, &e),
+        Err(e) => {
+            artifacts::skip(test, &e);
+            return None;
+        }
     };
     let cache = std::env::var_os("NIXBOOT_CACHE")
         .map(PathBuf::from)
@@ -379,18 +393,37 @@ fn real_systemd_runs_the_command_through_the_agent() {
         agent = agent.display()
     ));
     let initrd = kit.initrd(None, &["virtio_pci", "virtiofs", "virtio_console"]);
-    let c = ExecClosure {
+    Some(ExecClosure {
+        timeout: SYSTEMD_TIMEOUT,
         initrd: kit.write_initrd("initrd", &initrd.bytes),
         system: store.join(&new_top),
         store,
         kit,
+    })
+}
+
+/// A real systemd to multi-user.target under TCG: 26-48 s on an idle machine, minutes on
+/// 2 cores shared with other builds and boots (as real_systemd.rs's bound, with room).
+const SYSTEMD_TIMEOUT: Duration = Duration::from_secs(420);
+
+/// The real-systemd boots' options: multi-user.target by name (Debian's default target is
+/// graphical), and a wait for the agent as long as the boot's bound.
+const SYSTEMD_ARGS: [&str; 4] = [
+    "--append",
+    "systemd.show_status=error systemd.unit=multi-user.target",
+    "--exec-timeout",
+    "400",
+];
+
+/// The agent under a real systemd runs the command after multi-user.target.
+#[test]
+fn real_systemd_runs_the_command_through_the_agent() {
+    let Some(c) = agent_closure("exec_real_systemd") else {
+        return;
     };
     let (out, _) = c.exec(
         "echo out-$(id -un) $HOME; echo err-1 >&2; exit 3",
-        &[
-            "--append",
-            "systemd.show_status=error systemd.unit=multi-user.target",
-        ],
+        &SYSTEMD_ARGS,
     );
     let ctx = c.context(&out);
     assert_eq!(out.status.code(), Some(3), "{ctx}");
@@ -401,6 +434,41 @@ fn real_systemd_runs_the_command_through_the_agent() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err-1\n", "{ctx}");
     assert!(c.console().contains("nixboot-exec-agent: ["), "{ctx}");
+}
+
+/// `--shell` under a real systemd: the agent's pseudo-terminal, fed from a pipe. The
+/// shell's output (echo and prompts included) comes back on stdout, its status is ours.
+#[test]
+fn real_systemd_shell_takes_input_and_gives_its_status() {
+    let Some(c) = agent_closure("exec_real_systemd_shell") else {
+        return;
+    };
+    let input = b"echo $((40+2)) $(tty) $(id -un); exit 4\n";
+    let mut args = vec!["--shell"];
+    args.extend(SYSTEMD_ARGS);
+    let (out, _) = c.run_with_input(&args, input);
+    let ctx = c.context(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{stdout}{ctx}");
+    // Only the command's output has 42 (the echoed input has `$((40+2))`); the shell is
+    // root's, on a pseudo-terminal.
+    assert!(stdout.contains("42 /dev/pts/"), "{stdout:?}{ctx}");
+    assert!(stdout.contains(" root"), "{stdout:?}{ctx}");
+}
+
+/// Runs `cmd` to its end with `input` written to its stdin (then closed).
+fn run_fed(cmd: &mut Command, input: Option<&[u8]>) -> Output {
+    let Some(input) = input else {
+        return cmd.output().expect("running nixboot-qemu");
+    };
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("running nixboot-qemu");
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, input).unwrap();
+    drop(stdin);
+    child.wait_with_output().unwrap()
 }
 
 fn sh(script: &str) {

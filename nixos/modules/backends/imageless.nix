@@ -91,7 +91,8 @@ in
       # multi-user.target the agent runs `nixboot.exec=`'s command and powers off. The
       # marker beside `init` tells nixboot's init to leave the command to this agent
       # (closures without it are served by the init itself). virtio_console, which carries
-      # the output, is loaded by udev from its modalias.
+      # the output, is loaded by udev from its modalias. util-linux's `script` gives
+      # `nixboot-qemu --shell` its pseudo-terminal.
       system.extraSystemBuilderCmds = ''
         touch $out/nixboot-exec-agent
       '';
@@ -100,7 +101,7 @@ in
         wantedBy = [ "multi-user.target" ];
         after = [ "multi-user.target" ];
         unitConfig.ConditionKernelCommandLine = "nixboot.exec";
-        path = [ pkgs.bash pkgs.coreutils config.systemd.package ];
+        path = [ pkgs.bash pkgs.coreutils pkgs.util-linux config.systemd.package ];
         serviceConfig = {
           Type = "oneshot";
           ExecStart = "${pkgs.bash}/bin/bash ${../../exec-agent.sh}";
