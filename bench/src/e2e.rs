@@ -7,10 +7,12 @@
 //!   release arrives on the command's stdout;
 //! - a real systemd (Debian's debootstrap'd bookworm, `NIXBOOT_DEBIAN_ROOT`) with its root
 //!   shared over virtiofs, booted by nixboot's initrd and by dracut's (systemd in the
-//!   initrd), until the console shows `Reached target ... Multi-User System`
-//!   (`systemd.show_status=1`; the same words for both, the same launcher and machine).
-//!   Each boot gets a fresh copy of the tree (systemd writes to its root; the cached tree
-//!   is never touched), made before the clock starts.
+//!   initrd), until multi-user.target is reached: the console line of [`MARKER_UNIT`], a
+//!   oneshot unit ordered after multi-user.target (systemd's own `Reached target ...
+//!   Multi-User System` status line is not printed once a getty owns the console). The
+//!   same words for both, the same launcher and machine. Each boot gets a fresh copy of
+//!   the tree with that unit added (systemd writes to its root; the cached tree is never
+//!   touched), made before the clock starts.
 //!
 //! Every guest: the same kernel, [`CPUS`] vCPUs, [`MEMORY_MB`] MiB.
 
@@ -36,6 +38,21 @@ pub const EXEC_CMD: &str = "uname -r";
 /// systemd's words for the real-systemd boots (both initrds): status lines on the console,
 /// the target by name (Debian's default.target is graphical.target).
 pub const SYSTEMD_WORDS: &str = "rw systemd.show_status=1 systemd.unit=multi-user.target";
+/// What the marker unit prints when multi-user.target is active.
+pub const MARKER: &str = "nixboot-bench: reached multi-user.target, uptime ";
+/// The marker unit (`/etc/systemd/system/nixboot-bench-multi-user.service` of each copy,
+/// wanted by and ordered after multi-user.target).
+pub const MARKER_UNIT: &str = "[Unit]
+Description=nixboot-bench: multi-user.target reached
+After=multi-user.target
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'read u _ < /proc/uptime; echo \"nixboot-bench: reached multi-user.target, uptime $$u\" > /dev/console'
+
+[Install]
+WantedBy=multi-user.target
+";
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
@@ -89,6 +106,9 @@ pub struct Record {
     pub initrd_start_secs: Option<f64>,
     /// nixboot's own initrd phase (its status line's initrd_ms), in seconds.
     pub initrd_own_secs: Option<f64>,
+    /// Real systemd: the guest's uptime when multi-user.target was reached.
+    #[serde(default)]
+    pub guest_uptime: Option<f64>,
     pub log: PathBuf,
 }
 
@@ -107,6 +127,8 @@ pub struct Marks {
     pub initrd_ms: Option<f64>,
     pub stage2_welcome: Option<f64>,
     pub multi_user: Option<f64>,
+    /// The guest's uptime in the marker line.
+    pub multi_user_uptime: Option<f64>,
 }
 
 impl Marks {
@@ -122,6 +144,9 @@ impl Marks {
         }
         if is_multi_user(line) {
             set(&mut self.multi_user);
+        }
+        if self.multi_user_uptime.is_none() {
+            self.multi_user_uptime = marker_uptime(line);
         }
         if self.status.is_none() {
             if let Some(s) = line
@@ -157,12 +182,20 @@ pub fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// systemd's `[  OK  ] Reached target multi-user.target - Multi-User System.` (252), or
-/// the older `Reached target Multi-User System.`.
+/// systemd's `[  OK  ] Reached target multi-user.target - Multi-User System.` (252), the
+/// older `Reached target Multi-User System.`, or the marker unit's line.
 pub fn is_multi_user(line: &str) -> bool {
     let l = strip_ansi(line);
-    l.contains("Reached target")
-        && (l.contains("Multi-User System") || l.contains("multi-user.target"))
+    l.contains(MARKER)
+        || (l.contains("Reached target")
+            && (l.contains("Multi-User System") || l.contains("multi-user.target")))
+}
+
+/// The guest's uptime (s) in the marker unit's line.
+pub fn marker_uptime(line: &str) -> Option<f64> {
+    let l = strip_ansi(line);
+    let rest = &l[l.find(MARKER)? + MARKER.len()..];
+    rest.split_whitespace().next()?.parse().ok()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -349,6 +382,7 @@ fn failed(contender: Contender, error: String, log: PathBuf) -> Record {
         stage2_secs: None,
         initrd_start_secs: None,
         initrd_own_secs: None,
+        guest_uptime: None,
         log,
     }
 }
@@ -524,6 +558,7 @@ fn systemd_run(
     if !st.success() {
         bail!("cp -a {} {} failed ({st})", src.display(), root.display());
     }
+    add_marker_unit(&root)?;
     let cmdline = format!(
         "{} {} {SYSTEMD_WORDS}",
         crate::boot::base_cmdline(),
@@ -583,8 +618,20 @@ fn systemd_run(
         stage2_secs: marks.stage2_welcome,
         initrd_start_secs: initrd_start,
         initrd_own_secs: initrd_own,
+        guest_uptime: marks.multi_user_uptime,
         ..failed(c, String::new(), log.to_path_buf())
     })
+}
+
+/// Installs [`MARKER_UNIT`] into a copy of the tree, enabled as `systemctl enable` would.
+fn add_marker_unit(root: &Path) -> Result<()> {
+    let units = root.join("etc/systemd/system");
+    let wants = units.join("multi-user.target.wants");
+    std::fs::create_dir_all(&wants)?;
+    let name = "nixboot-bench-multi-user.service";
+    std::fs::write(units.join(name), MARKER_UNIT)?;
+    std::os::unix::fs::symlink(format!("/etc/systemd/system/{name}"), wants.join(name))?;
+    Ok(())
 }
 
 /// The complete lines appended to a growing file since the last call.
@@ -653,6 +700,10 @@ mod tests {
             "[  OK  ] Reached target \x1b[0;1;39mbasic.target\x1b[0m - Basic System."
         ));
         assert!(!is_multi_user("         Starting multi-user.target ..."));
+        let marker = format!("{MARKER}12.34");
+        assert!(is_multi_user(&marker));
+        assert_eq!(marker_uptime(&marker), Some(12.34));
+        assert_eq!(marker_uptime(MULTI_USER), None);
     }
 
     #[test]

@@ -132,7 +132,12 @@ pub fn systemd_spec(ctx: &Ctx) -> Result<Spec> {
             Share::new("store", &store.dir)?.immutable(),
             Share::new("modules", &modules_dir)?.readonly(),
         ],
-        arrived: crate::e2e::is_multi_user,
+        // systemd's status line, unless a getty took the console first: then the closure's
+        // report unit's line (it follows multi-user.target within seconds).
+        arrived: |line| {
+            crate::e2e::is_multi_user(line)
+                || line.contains(qemu_tests::nixos_closure::REPORT_MARKER)
+        },
     })
 }
 
