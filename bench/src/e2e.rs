@@ -767,4 +767,41 @@ mod tests {
         assert_eq!(s.feed(b"c\r\nde\nf"), vec!["abc".to_string(), "de".into()]);
         assert_eq!(s.feed(b"\n"), vec!["f".to_string()]);
     }
+
+    #[test]
+    fn marker_unit_is_enabled_in_the_copy() {
+        let d = tempfile::tempdir().unwrap();
+        add_marker_unit(d.path()).unwrap();
+        let unit = d
+            .path()
+            .join("etc/systemd/system/nixboot-bench-multi-user.service");
+        let text = std::fs::read_to_string(&unit).unwrap();
+        assert!(
+            text.contains("After=multi-user.target") && text.contains("WantedBy=multi-user.target")
+        );
+        // The guest's shell prints MARKER followed by the uptime ($$ is systemd's $).
+        assert!(text.contains(&format!("{MARKER}$$u")), "{text}");
+        let link = d
+            .path()
+            .join("etc/systemd/system/multi-user.target.wants/nixboot-bench-multi-user.service");
+        assert_eq!(
+            std::fs::read_link(link).unwrap(),
+            PathBuf::from("/etc/systemd/system/nixboot-bench-multi-user.service")
+        );
+    }
+
+    #[test]
+    fn console_tail_returns_only_new_complete_lines() {
+        use std::io::Write;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("console");
+        let mut t = ConsoleTail::new(p.clone());
+        assert!(t.new_lines().is_empty(), "no file yet");
+        let mut f = std::fs::File::create(&p).unwrap();
+        f.write_all(b"one\ntw").unwrap();
+        assert_eq!(t.new_lines(), vec!["one".to_string()]);
+        f.write_all(b"o\n").unwrap();
+        assert_eq!(t.new_lines(), vec!["two".to_string()]);
+        assert!(t.new_lines().is_empty());
+    }
 }
