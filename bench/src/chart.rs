@@ -1,5 +1,6 @@
 //! `benchmark.png`: boot timeline (kernel until "Run /init", then the initrd phase) per
-//! initrd, and below it the build time (log scale) and the image size. Fonts are embedded
+//! initrd, below it the build time (log scale) and the image size, and at the bottom the
+//! end-to-end times (host command to result) when they were measured. Fonts are embedded
 //! (DejaVu Sans), so no fontconfig or system font is needed.
 
 use crate::peers::Kind;
@@ -31,7 +32,9 @@ pub fn draw(report: &Report, path: &Path) -> Result<()> {
     register_fonts();
     let rows: Vec<&Row> = report.rows.iter().collect();
     let n = rows.len();
-    let height = 300 + 60 * n as u32 + 80 + 40 * n as u32;
+    let e2e = report.e2e_rows.len() as u32;
+    let e2e_h = if e2e > 0 { 90 + 50 * e2e } else { 0 };
+    let height = 300 + 60 * n as u32 + 80 + 40 * n as u32 + e2e_h;
     let root = BitMapBackend::new(path, (1200, height)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let (title, rest) = root.split_vertically(50);
@@ -50,8 +53,12 @@ pub fn draw(report: &Report, path: &Path) -> Result<()> {
             (FONT, 22).into_font().style(FontStyle::Bold),
         ))
         .map_err(err)?;
+    let (rest, e2e_area) = rest.split_vertically(rest.dim_in_pixel().1 - e2e_h);
     let (top, bottom) = rest.split_vertically(90 + 60 * n as u32 + 40);
     timeline(&top, &rows)?;
+    if e2e > 0 {
+        e2e_bars(&e2e_area, report)?;
+    }
     let halves = bottom.split_evenly((1, 2));
     build_times(&halves[0], &rows)?;
     sizes(&halves[1], &rows)?;
@@ -241,6 +248,79 @@ fn sizes(area: &Area, rows: &[&Row]) -> Result<()> {
         let style = TextStyle::from((FONT, 15).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
         chart
             .draw_series([Text::new(mb(r.built.size), (v + hi * 0.01, i), style)])
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// End to end: one bar per tool, the median from the host command's start to its result
+/// (the command's output; multi-user.target), whisker = min-max.
+fn e2e_bars(area: &Area, report: &Report) -> Result<()> {
+    let rows = &report.e2e_rows;
+    let n = rows.len();
+    let xmax = rows
+        .iter()
+        .filter_map(|r| r.secs.map(|s| s.max))
+        .fold(1.0f64, f64::max)
+        * 1.3;
+    let names: Vec<String> = rows
+        .iter()
+        .map(|r| r.contender.name().to_string())
+        .collect();
+    let label = |y: &f64| {
+        let p = y - 0.5;
+        if (p - p.round()).abs() > 1e-6 || p < -1e-6 || p.round() as usize >= n {
+            return String::new();
+        }
+        names[n - 1 - p.round() as usize].clone()
+    };
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            "End to end (s, host clock from the command's start): `uname -r` output; real systemd at multi-user.target",
+            (FONT, 17),
+        )
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(230)
+        .build_cartesian_2d(0f64..xmax, 0f64..n as f64)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(2 * n + 1)
+        .y_label_formatter(&label)
+        .y_label_style((FONT, 16))
+        .x_label_style((FONT, 14))
+        .draw()
+        .map_err(err)?;
+    for (k, r) in rows.iter().enumerate() {
+        let Some(s) = r.secs else { continue };
+        let (lo_edge, hi_edge) = edges(k, n);
+        let ours = matches!(
+            r.contender,
+            crate::e2e::Contender::NixbootExec | crate::e2e::Contender::NixbootSystemd
+        );
+        let c = if ours { OURS } else { PEER };
+        let i = slot(k, n);
+        chart
+            .draw_series([Rectangle::new(
+                [(0.0, lo_edge), (s.median, hi_edge)],
+                c.filled(),
+            )])
+            .map_err(err)?;
+        chart
+            .draw_series([PathElement::new(
+                vec![(s.min, i), (s.max, i)],
+                WHISKER.stroke_width(2),
+            )])
+            .map_err(err)?;
+        let style = TextStyle::from((FONT, 15).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+        chart
+            .draw_series([Text::new(
+                secs(s.median),
+                (s.max.max(s.median) + xmax * 0.01, i),
+                style,
+            )])
             .map_err(err)?;
     }
     Ok(())

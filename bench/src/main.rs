@@ -6,6 +6,10 @@
 //! initrd the build time, the image size, the kernel's "Run /init" time, the uptime at which
 //! stage 2 started and the initrd phase in between (median, min, max), with ratios against
 //! nixboot's. A scale run then boots K imageless guests at once from one shared store.
+//! The end-to-end experiment ([`e2e`]) times what a user waits for from the host command's
+//! start: `nixboot-qemu --exec` against `vng --exec`, and Debian's real systemd to
+//! multi-user.target through nixboot's initrd against dracut's; a second scale run boots
+//! `--systemd-scale` guests of a real systemd at once.
 //!
 //! What every boot shares (the method of shared/docs/peers.md): Debian's cloud kernel, QEMU
 //! with 1 GiB of RAM in a memfd backend and one vCPU, one virtiofsd (`--cache=never`,
@@ -25,6 +29,7 @@
 
 mod boot;
 mod chart;
+mod e2e;
 mod peers;
 mod report;
 mod scale;
@@ -65,6 +70,22 @@ pub struct Cli {
     /// Skip the side-by-side boots (e.g. only the scale run).
     #[arg(long)]
     pub no_boots: bool,
+    /// Skip the end-to-end experiment (`nixboot-qemu --exec` vs `vng --exec`; Debian's
+    /// systemd to multi-user.target through nixboot's initrd vs dracut's).
+    #[arg(long)]
+    pub no_e2e: bool,
+    /// Which tools of the end-to-end experiment to run, comma-separated.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "nixboot-exec,vng-exec,nixboot-systemd,dracut-systemd"
+    )]
+    pub e2e: Vec<e2e::Contender>,
+    /// Guests booted at once to multi-user.target of a real systemd (Debian's, as a
+    /// NixOS-shaped imageless closure) from one store; 0 skips it.
+    #[arg(long, default_value_t = 8)]
+    pub systemd_scale: usize,
     /// Where the report goes [default: results/ at the repository root].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -200,14 +221,27 @@ fn run(cli: &Cli) -> Result<()> {
     } else {
         boot::run_rounds(&ctx, &built)?
     };
-    let scale = if cli.no_scale {
-        Vec::new()
+    let e2e = if cli.no_e2e {
+        e2e::Outcome::default()
     } else {
-        let ours = built
-            .iter()
-            .find(|b| b.kind == Kind::Nixboot)
-            .context("no nixboot initrd for the scale run")?;
-        scale::run(&ctx, ours)?
+        let setup = e2e::prepare(&ctx, &built)?;
+        e2e::Outcome {
+            records: e2e::run_rounds(&ctx, &setup, &built)?,
+            left_out: setup.left_out,
+        }
+    };
+    let ours = built.iter().find(|b| b.kind == Kind::Nixboot);
+    let scale = match (cli.no_scale, ours) {
+        (true, _) => Vec::new(),
+        (false, Some(ours)) => scale::run(&ctx, ours)?,
+        (false, None) => bail!("no nixboot initrd for the scale run"),
+    };
+    let systemd_scale = match (cli.systemd_scale, ours) {
+        (0, _) | (_, None) => Vec::new(),
+        (k, Some(ours)) => {
+            let spec = scale::systemd_spec(&ctx)?;
+            vec![scale::run_group(&ctx, ours, &spec, k, 1)?]
+        }
     };
 
     let host_after = report::HostState::now();
@@ -215,7 +249,19 @@ fn run(cli: &Cli) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| artifacts::workspace_root().join("results"));
-    let rep = report::Report::assemble(&ctx, built, skipped, boots, scale, host_before, host_after);
+    let rep = report::Report::assemble(
+        &ctx,
+        built,
+        skipped,
+        boots,
+        report::Extra {
+            scale,
+            e2e,
+            systemd_scale,
+        },
+        host_before,
+        host_after,
+    );
     rep.write(&out)?;
     say!("report: {}", out.join("benchmark.md").display());
     if cli.update_readme {
@@ -315,14 +361,14 @@ fn build_all(ctx: &Ctx, kinds: &[Kind]) -> Result<(Vec<peers::Built>, Vec<Skippe
     let cli = &ctx.cli;
     let mut built = Vec::new();
     let mut skipped = Vec::new();
-    let needs_ours = !cli.no_boots || !cli.no_scale;
+    let needs_ours = !cli.no_boots || !cli.no_scale || !cli.no_e2e || cli.systemd_scale > 0;
     if needs_ours {
         built.push(peers::build_repeatedly(cli.runs, || {
             peers::build_nixboot(ctx)
         })?);
     }
-    if !cli.no_boots {
-        if kinds.contains(&Kind::Busybox) {
+    if !cli.no_boots || !cli.no_e2e {
+        if kinds.contains(&Kind::Busybox) && !cli.no_boots {
             built.push(peers::build_repeatedly(cli.runs, || {
                 peers::build_busybox(ctx)
             })?);

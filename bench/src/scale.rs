@@ -1,9 +1,10 @@
-//! The scale run: K imageless guests (tmpfs root; the store and the kernel modules over
+//! The scale runs: K imageless guests (tmpfs root; the store and the kernel modules over
 //! virtiofs, one virtiofsd per share and guest, all serving the same host directories)
-//! started at once with nixboot's initrd. Measures the wall time until every guest's
-//! stage 2 reported, and each guest's host memory (QEMU plus its two virtiofsd) from
-//! /proc/<pid>/smaps_rollup, sampled when that guest's stage 2 reported (stage 2 then
-//! waits, so the sample sees a live guest; QEMU is killed once all are sampled).
+//! started at once with nixboot's initrd. Measures the wall time until every guest arrived
+//! (its stage 2 reported; or, with a real systemd, it reached multi-user.target), and each
+//! guest's host memory (QEMU plus its virtiofsd) from /proc/<pid>/smaps_rollup, sampled
+//! when that guest arrived (the guest then waits or goes on booting, so the sample sees a
+//! live guest; QEMU is killed once all are sampled).
 
 use crate::boot::{CPUS, MEMORY_MB};
 use crate::peers::Built;
@@ -53,6 +54,9 @@ pub struct Guest {
     pub qemu: Mem,
     /// Both virtiofsd together.
     pub virtiofsd: Mem,
+    /// Host processes serving its shares (every process of each virtiofsd it started).
+    #[serde(default)]
+    pub virtiofsd_procs: usize,
 }
 
 /// One group of K guests started at once.
@@ -66,29 +70,117 @@ pub struct Group {
     pub guests: Vec<Guest>,
 }
 
+/// What the guests of one scale run boot, and which console line says a guest arrived.
+pub struct Spec {
+    /// Directory (under the run directory) for the consoles.
+    pub dir: &'static str,
+    /// What arriving means, for progress lines ("stage 2", "multi-user.target").
+    pub what: &'static str,
+    pub cmdline: String,
+    pub shares: Vec<Share>,
+    pub arrived: fn(&str) -> bool,
+}
+
+/// The tiny stage 2 of the side-by-side boots as the guests' system: arrived when its
+/// report is on the console.
+pub fn probe_spec(ctx: &Ctx) -> Result<Spec> {
+    let modules_dir = nixboot_launcher::bootspec::modules_share_dir(&ctx.env.modules)?;
+    Ok(Spec {
+        dir: "scale",
+        what: "stage 2",
+        cmdline: format!(
+            "{} quiet root=tmpfs init={} bench.hold{}",
+            nixboot_launcher::bootspec::BASE_PARAMS.join(" "),
+            ctx.shares.system_init,
+            append(ctx)
+        ),
+        shares: vec![
+            Share::new("store", &ctx.shares.store)?.readonly(),
+            Share::new("modules", &modules_dir)?.readonly(),
+        ],
+        arrived: |line| line.contains(PROBE_MARKER),
+    })
+}
+
+/// Real systemd (Debian's 252 as a NixOS-shaped closure, qemu_tests::nixos_closure, the
+/// scripted flavour: nixpkgs' stage-2-init.sh in front) as every guest's system, its store
+/// shared as the launcher shares a store (immutable); arrived at `Reached target ...
+/// Multi-User System` on the console, the detector of the end-to-end boots.
+pub fn systemd_spec(ctx: &Ctx) -> Result<Spec> {
+    use qemu_tests::nixos_closure::{self, Flavour, RealParts};
+    let parts = RealParts::from_env().map_err(anyhow::Error::msg)?;
+    let cache_root = ctx.cache.parent().unwrap_or(&ctx.cache);
+    say!("building (or finding) the NixOS-shaped store of Debian's systemd");
+    let store = nixos_closure::build(&parts, cache_root).map_err(anyhow::Error::msg)?;
+    let modules_dir = nixboot_launcher::bootspec::modules_share_dir(&ctx.env.modules)?;
+    let cmdline = nixboot_launcher::bootspec::KernelCmdline {
+        init: Some(store.init(Flavour::Scripted)),
+        kernel_params: vec![
+            "quiet".into(),
+            "systemd.show_status=1".into(),
+            "systemd.unit=multi-user.target".into(),
+        ],
+        append: ctx.cli.append.clone(),
+        ..Default::default()
+    }
+    .render();
+    Ok(Spec {
+        dir: "scale-systemd",
+        what: "multi-user.target",
+        cmdline,
+        shares: vec![
+            Share::new("store", &store.dir)?.immutable(),
+            Share::new("modules", &modules_dir)?.readonly(),
+        ],
+        // systemd's status line, unless a getty took the console first: then the closure's
+        // report unit's line (it follows multi-user.target within seconds).
+        arrived: |line| {
+            crate::e2e::is_multi_user(line)
+                || line.contains(qemu_tests::nixos_closure::REPORT_MARKER)
+        },
+    })
+}
+
+fn append(ctx: &Ctx) -> String {
+    ctx.cli
+        .append
+        .as_deref()
+        .map(|a| format!(" {}", a.trim()))
+        .unwrap_or_default()
+}
+
+/// The side-by-side scale run: every count of `--scale`, `--scale-runs` times.
 pub fn run(ctx: &Ctx, ours: &Built) -> Result<Vec<Group>> {
+    let spec = probe_spec(ctx)?;
     let mut groups = Vec::new();
-    let dir = ctx.run_dir.join("scale");
-    std::fs::create_dir_all(&dir)?;
     for rep in 1..=ctx.cli.scale_runs.max(1) {
         for &k in &ctx.cli.scale {
-            let g = group(ctx, ours, k, rep, &dir)?;
-            let mem: Vec<f64> = g
-                .guests
-                .iter()
-                .map(|x| (x.qemu + x.virtiofsd).pss_kb as f64 / 1024.0)
-                .collect();
-            say!(
-                "scale K={k} rep {rep}: all at stage 2 after {}; PSS per guest {:.0} MiB (median); {} of {k} ok",
-                g.wall_all
-                    .map_or("(not all reached it)".to_string(), |w| format!("{w:.2} s")),
-                crate::stats::summarize(&mem).map_or(f64::NAN, |s| s.median),
-                g.guests.iter().filter(|x| x.ok).count()
-            );
-            groups.push(g);
+            groups.push(run_group(ctx, ours, &spec, k, rep)?);
         }
     }
     Ok(groups)
+}
+
+/// One group of `k` guests of `spec`, with a progress line.
+pub fn run_group(ctx: &Ctx, ours: &Built, spec: &Spec, k: usize, rep: usize) -> Result<Group> {
+    let dir = ctx.run_dir.join(spec.dir);
+    std::fs::create_dir_all(&dir)?;
+    let g = group(ctx, ours, spec, k, rep, &dir)?;
+    let mem: Vec<f64> = g
+        .guests
+        .iter()
+        .map(|x| (x.qemu + x.virtiofsd).pss_kb as f64 / 1024.0)
+        .collect();
+    say!(
+        "scale ({}) K={k} rep {rep}: all at {} after {}; PSS per guest {:.0} MiB (median); {} of {k} ok",
+        spec.dir,
+        spec.what,
+        g.wall_all
+            .map_or("(not all reached it)".to_string(), |w| format!("{w:.2} s")),
+        crate::stats::summarize(&mem).map_or(f64::NAN, |s| s.median),
+        g.guests.iter().filter(|x| x.ok).count()
+    );
+    Ok(g)
 }
 
 struct Running {
@@ -110,23 +202,13 @@ enum Event {
     },
 }
 
-fn group(ctx: &Ctx, ours: &Built, k: usize, rep: usize, dir: &Path) -> Result<Group> {
-    let cmdline = format!(
-        "{} quiet root=tmpfs init={} bench.hold{}",
-        nixboot_launcher::bootspec::BASE_PARAMS.join(" "),
-        ctx.shares.system_init,
-        ctx.cli
-            .append
-            .as_deref()
-            .map(|a| format!(" {}", a.trim()))
-            .unwrap_or_default()
-    );
+fn group(ctx: &Ctx, ours: &Built, spec: &Spec, k: usize, rep: usize, dir: &Path) -> Result<Group> {
     let (tx, rx) = mpsc::channel::<Event>();
     let start = Instant::now();
     let timeout = Duration::from_secs(ctx.cli.timeout);
     let mut guests: Vec<Running> = Vec::new();
     for i in 0..k {
-        guests.push(start_guest(ctx, ours, i, &cmdline, tx.clone())?);
+        guests.push(start_guest(ctx, ours, spec, i, tx.clone())?);
     }
     drop(tx);
     let results = collect(&guests, &rx, start, timeout);
@@ -144,7 +226,9 @@ fn group(ctx: &Ctx, ours: &Built, k: usize, rep: usize, dir: &Path) -> Result<Gr
     let guests: Vec<Guest> = results
         .into_iter()
         .map(|r| {
-            r.unwrap_or_else(|| Guest::failed(format!("no stage 2 within {} s", timeout.as_secs())))
+            r.unwrap_or_else(|| {
+                Guest::failed(format!("no {} within {} s", spec.what, timeout.as_secs()))
+            })
         })
         .collect();
     let wall_all = if guests.iter().all(|g| g.ok) {
@@ -173,30 +257,25 @@ impl Guest {
             run_init: None,
             qemu: Mem::default(),
             virtiofsd: Mem::default(),
+            virtiofsd_procs: 0,
         }
     }
 }
 
-/// Starts guest `i`: its two virtiofsd and its QEMU, whose console a thread reads.
+/// Starts guest `i`: its virtiofsd (one per share) and its QEMU, whose console a thread
+/// reads.
 fn start_guest(
     ctx: &Ctx,
     ours: &Built,
+    spec: &Spec,
     i: usize,
-    cmdline: &str,
     tx: mpsc::Sender<Event>,
 ) -> Result<Running> {
-    let modules_dir = nixboot_launcher::bootspec::modules_share_dir(&ctx.env.modules)?;
     let sockdir = tempfile::Builder::new()
         .prefix("nixboot-bench.")
         .tempdir()?;
     let mut daemons = Vec::new();
-    for (j, share) in [
-        Share::new("store", &ctx.shares.store)?.readonly(),
-        Share::new("modules", &modules_dir)?.readonly(),
-    ]
-    .iter()
-    .enumerate()
-    {
+    for (j, share) in spec.shares.iter().enumerate() {
         let sock = sockdir.path().join(format!("vfs{j}.sock"));
         daemons.push(
             Virtiofsd::start(&ctx.env.virtiofsd, share, &sock, Duration::from_secs(10))
@@ -205,9 +284,13 @@ fn start_guest(
     }
     let daemon_pids = daemons
         .iter()
-        .filter_map(|d| pid_with_arg(&format!("--socket-path={}", d.socket.display())))
+        .flat_map(|d| pids_with_arg(&format!("--socket-path={}", d.socket.display())))
         .collect();
-    let mut cfg = VmConfig::new(&ctx.env.kernel, Some(ours.image.clone()), cmdline.into());
+    let mut cfg = VmConfig::new(
+        &ctx.env.kernel,
+        Some(ours.image.clone()),
+        spec.cmdline.clone(),
+    );
     cfg.memory_mb = MEMORY_MB;
     cfg.cpus = CPUS;
     cfg.extra_qemu_args = ctx.cli.qemu_args.clone();
@@ -220,7 +303,8 @@ fn start_guest(
     nixboot_launcher::die_with_parent(&mut cmd);
     let mut child = cmd.spawn().context("starting QEMU")?;
     let out = child.stdout.take();
-    let console = std::thread::spawn(move || read_console(i, out, &tx));
+    let arrived = spec.arrived;
+    let console = std::thread::spawn(move || read_console(i, out, arrived, &tx));
     Ok(Running {
         qemu: child,
         daemons,
@@ -268,6 +352,7 @@ fn collect(
                     run_init: report.run_init,
                     qemu: qemu_mem,
                     virtiofsd: vfs_mem,
+                    virtiofsd_procs: g.daemon_pids.len(),
                 });
                 pending -= 1;
             }
@@ -283,10 +368,11 @@ fn collect(
     results
 }
 
-/// Reads a guest's console to its end; reports the stage-2 line as soon as it arrives.
+/// Reads a guest's console to its end; reports the arrival line as soon as it comes.
 fn read_console(
     guest: usize,
     out: Option<std::process::ChildStdout>,
+    arrived: fn(&str) -> bool,
     tx: &mpsc::Sender<Event>,
 ) -> Vec<u8> {
     let mut all = Vec::new();
@@ -303,7 +389,7 @@ fn read_console(
                         let line =
                             String::from_utf8_lossy(&all[line_start..line_start + nl]).into_owned();
                         line_start += nl + 1;
-                        if !reported && line.contains(PROBE_MARKER) {
+                        if !reported && arrived(&line) {
                             reported = true;
                             let _ = tx.send(Event::Stage2 {
                                 guest,
@@ -322,20 +408,25 @@ fn read_console(
     all
 }
 
-/// The process whose command line contains `arg` exactly (our virtiofsd, by its socket).
-fn pid_with_arg(arg: &str) -> Option<i32> {
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+/// The processes whose command line contains `arg` exactly (our virtiofsd, by its socket;
+/// a sandboxing virtiofsd may fork, and each process counts).
+fn pids_with_arg(arg: &str) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids = Vec::new();
+    for e in dir.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
         };
         if let Ok(cmd) = std::fs::read(PathBuf::from("/proc").join(pid.to_string()).join("cmdline"))
         {
             if cmd.split(|b| *b == 0).any(|a| a == arg.as_bytes()) {
-                return Some(pid);
+                pids.push(pid);
             }
         }
     }
-    None
+    pids
 }
 
 /// Rss, Pss and Pss_Shmem of a live process.

@@ -47,12 +47,19 @@ impl Report {
             m.push_str(&self.parts_section());
             m.push_str(&self.builds_section());
         }
+        if !self.e2e_rows.is_empty() || !self.e2e_left_out.is_empty() {
+            m.push_str(&self.e2e_section());
+        }
         if !self.scale.is_empty() {
             m.push_str(&self.scale_section());
         }
+        if !self.systemd_scale.is_empty() {
+            m.push_str(&self.systemd_scale_section());
+        }
         m.push_str(&self.method_section());
         let failed: Vec<&BootRecord> = self.boots.iter().filter(|b| !b.ok).collect();
-        if !failed.is_empty() || !self.left_out.is_empty() {
+        let e2e_failed: Vec<_> = self.e2e.iter().filter(|r| !r.ok).collect();
+        if !failed.is_empty() || !self.left_out.is_empty() || !e2e_failed.is_empty() {
             let _ = writeln!(m, "\n## Failures\n");
             for (k, why) in &self.left_out {
                 let first = why.lines().next().unwrap_or("");
@@ -66,6 +73,16 @@ impl Report {
                     b.round,
                     b.error.as_deref().unwrap_or("?"),
                     b.console_log.display()
+                );
+            }
+            for r in e2e_failed {
+                let _ = writeln!(
+                    m,
+                    "- {} round {}: {} (log: `{}`)",
+                    r.contender.name(),
+                    r.round,
+                    r.error.as_deref().unwrap_or("?"),
+                    r.log.display()
                 );
             }
         }

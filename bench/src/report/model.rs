@@ -78,6 +78,9 @@ pub struct ScaleRow {
     pub virtiofsd_rss_mib: Option<Summary>,
     pub virtiofsd_pss_mib: Option<Summary>,
     pub guest_ram_pss_mib: Option<Summary>,
+    /// Each guest's arrival, host clock from the group's start.
+    #[serde(default)]
+    pub host_to_arrival: Option<Summary>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,6 +118,27 @@ pub struct Report {
     pub scale: Vec<ScaleRow>,
     pub boots: Vec<BootRecord>,
     pub scale_groups: Vec<Group>,
+    /// The end-to-end experiment (issue #11).
+    #[serde(default)]
+    pub e2e: Vec<crate::e2e::Record>,
+    #[serde(default)]
+    pub e2e_left_out: Vec<(crate::e2e::Contender, String)>,
+    #[serde(default)]
+    pub e2e_rows: Vec<super::e2e::E2eRow>,
+    #[serde(default)]
+    pub e2e_targets: Vec<Target>,
+    /// Guests to multi-user.target of a real systemd at once.
+    #[serde(default)]
+    pub systemd_scale: Vec<ScaleRow>,
+    #[serde(default)]
+    pub systemd_scale_groups: Vec<Group>,
+}
+
+/// The parts of a run beyond the side-by-side boots.
+pub struct Extra {
+    pub scale: Vec<Group>,
+    pub e2e: crate::e2e::Outcome,
+    pub systemd_scale: Vec<Group>,
 }
 
 impl Report {
@@ -123,7 +147,7 @@ impl Report {
         built: Vec<Built>,
         left_out: Vec<(Kind, String)>,
         boots: Vec<BootRecord>,
-        scale_groups: Vec<Group>,
+        extra: Extra,
         before: HostState,
         after: HostState,
     ) -> Report {
@@ -185,7 +209,8 @@ impl Report {
                 .join(" "),
         };
         let targets = targets(&rows);
-        let scale = scale_rows(&scale_groups);
+        let scale = scale_rows(&extra.scale);
+        let e2e_rows = super::e2e::rows(&extra.e2e.records);
         Report {
             setup,
             rows,
@@ -195,7 +220,13 @@ impl Report {
             nixboot_console_bytes,
             scale,
             boots,
-            scale_groups,
+            scale_groups: extra.scale,
+            e2e: extra.e2e.records,
+            e2e_left_out: extra.e2e.left_out,
+            e2e_targets: super::e2e::targets(&e2e_rows),
+            e2e_rows,
+            systemd_scale: scale_rows(&extra.systemd_scale),
+            systemd_scale_groups: extra.systemd_scale,
         }
     }
 
@@ -447,6 +478,12 @@ pub(crate) fn scale_rows(groups: &[Group]) -> Vec<ScaleRow> {
                 virtiofsd_rss_mib: col(&|g| mib(g.virtiofsd.rss_kb)),
                 virtiofsd_pss_mib: col(&|g| mib(g.virtiofsd.pss_kb)),
                 guest_ram_pss_mib: col(&|g| mib(g.qemu.pss_shmem_kb + g.virtiofsd.pss_shmem_kb)),
+                host_to_arrival: summarize(
+                    &guests
+                        .iter()
+                        .filter_map(|g| g.host_to_stage2)
+                        .collect::<Vec<_>>(),
+                ),
             }
         })
         .collect()

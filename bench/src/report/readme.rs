@@ -32,6 +32,14 @@ impl Report {
         m.push('\n');
         m.push_str(&self.ratio_table());
         let _ = writeln!(m, "\n![boot benchmark chart]({rel}/benchmark.png)");
+        if !self.e2e_rows.is_empty() {
+            let _ = writeln!(
+                m,
+                "\nEnd to end, what a user waits for (host clock from the command's start; the \
+                 targets and where the time goes are in the report):\n"
+            );
+            m.push_str(&self.e2e_table());
+        }
         m
     }
 
