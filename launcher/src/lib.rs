@@ -14,6 +14,7 @@
 pub mod accel;
 pub mod bootspec;
 pub mod console;
+pub mod disk;
 pub mod exec;
 pub mod machine;
 pub mod qemu;

@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use nixboot_launcher::bootspec::{self, BootSpec, KernelCmdline};
 use nixboot_launcher::console::Status;
+use nixboot_launcher::disk::{self, Disk};
 use nixboot_launcher::exec::{ExecPorts, ExecState};
 use nixboot_launcher::qemu::{self, Outcome, VmConfig};
 use nixboot_launcher::{said_once, Accel, Machine, Share};
@@ -80,6 +81,12 @@ struct Cli {
     /// (outbound connections; DHCP from 10.0.2.2); `none` (default) gives it no NIC.
     #[arg(long, value_name = "MODE", default_value = "none")]
     net: NetArg,
+    /// An extra virtio-blk disk (repeatable), a raw or qcow2 image read and written in
+    /// place: IMAGE is FILE[,serial=NAME][,sector=512|4096]. The serial (default: the file's stem,
+    /// at most 20 bytes) gives the guest's /dev/disk/by-id/virtio-NAME (udev); the sector
+    /// size is its logical and physical block size. E.g. fstests' TEST_DEV and SCRATCH_DEV.
+    #[arg(long, value_name = "IMAGE", value_parser = parse_disk)]
+    disk: Vec<Disk>,
     /// The emulated machine: pc (i440fx, the default: the fastest to boot under TCG here),
     /// q35, or microvm (virtio-mmio, no PCI: the initrd must load virtio_mmio instead of
     /// virtio_pci; under TCG its kernel hangs calibrating clocks, KVM untested).
@@ -166,6 +173,24 @@ enum AccelArg {
     Kvm,
     Tcg,
     Auto,
+}
+
+fn parse_disk(s: &str) -> Result<Disk, String> {
+    disk::parse(s)
+}
+
+/// QEMU's arguments for `--disk`: each file must be there, its format read from its head.
+fn disk_args(cli: &Cli) -> anyhow::Result<Vec<String>> {
+    disk::check_all(&cli.disk).map_err(|e| usage(format!("--disk: {e}")))?;
+    let mut formats = Vec::new();
+    for d in &cli.disk {
+        let mut head = [0u8; 4];
+        let n = std::fs::File::open(&d.file)
+            .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+            .with_context(|| format!("--disk {}: cannot read it", d.file.display()))?;
+        formats.push(disk::format_of(&head[..n]));
+    }
+    Ok(disk::qemu_args(&cli.disk, &formats, cli.machine))
 }
 
 fn parse_machine(s: &str) -> Result<Machine, String> {
@@ -280,6 +305,7 @@ fn find_qemu(given: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let disks = disk_args(cli)?;
     let spec = boot_spec(cli)?;
     check_path("store", &cli.store, true, "")?;
     let init = guest_init(cli, spec.as_ref())?;
@@ -322,6 +348,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     };
     cfg.timeout = cli.timeout;
     cfg.extra_qemu_args.extend(net_args(cli.net, cli.machine));
+    cfg.extra_qemu_args.extend(disks);
     match &command {
         Some(command) => run_exec(cli, cfg, command),
         None => run_boot(cli, cfg),

@@ -70,6 +70,36 @@ fn bad_value_is_a_usage_error() {
 }
 
 #[test]
+fn bad_disks_are_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("scratch.img");
+    std::fs::write(&img, [0u8; 512]).unwrap();
+    let img = img.to_str().unwrap();
+    let twice = [
+        "--disk",
+        img,
+        "--disk",
+        &format!("{img},serial=scratch"),
+        "--kernel",
+        "/k",
+    ];
+    for (args, code, says) in [
+        (&["--disk", "x,sector=1024"][..], 2, "512 or 4096"),
+        (&twice[..], 2, "two disks with serial scratch"),
+        (
+            &["--disk", "/no/such.img"],
+            1,
+            "--disk /no/such.img: cannot read it",
+        ),
+    ] {
+        let o = nixboot_qemu(args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
+
+#[test]
 fn nothing_to_boot_is_a_usage_error() {
     let o = nixboot_qemu(&["--kernel", "/k", "--initrd", "/i"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));

@@ -415,21 +415,47 @@ const SYSTEMD_ARGS: [&str; 4] = [
     "400",
 ];
 
-/// The agent under a real systemd runs the command after multi-user.target.
+/// The agent under a real systemd runs the command after multi-user.target; the guest is
+/// one as kdevops uses them: two extra disks (`--disk`, a raw one with 512-byte sectors and
+/// a qcow2 one with 4096) that Debian's udev links under /dev/disk/by-id by their serials,
+/// and the loop module loadable from the shared modules.
 #[test]
 fn real_systemd_runs_the_command_through_the_agent() {
     let Some(c) = agent_closure("exec_real_systemd") else {
         return;
     };
+    let raw = c.kit.path("scratch-512.img");
+    std::fs::File::create(&raw)
+        .and_then(|f| f.set_len(64 << 20))
+        .unwrap();
+    let qcow2 = c.kit.path("scratch-4k.qcow2");
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&qcow2)
+        .arg("64M")
+        .status();
+    assert!(
+        made.is_ok_and(|s| s.success()),
+        "qemu-img create (qemu-utils)"
+    );
+    let disks = [
+        format!("{},serial=nbt-512", raw.display()),
+        format!("{},serial=nbt-4k,sector=4096", qcow2.display()),
+    ];
+    let mut args = SYSTEMD_ARGS.to_vec();
+    args.extend(["--disk", &disks[0], "--disk", &disks[1]]);
     let (out, _) = c.exec(
-        "echo out-$(id -un) $HOME; echo err-1 >&2; exit 3",
-        &SYSTEMD_ARGS,
+        "echo out-$(id -un) $HOME; echo err-1 >&2; udevadm settle; \
+         echo $(ls /dev/disk/by-id | grep virtio- | sort); \
+         echo $(cat /sys/block/vda/queue/logical_block_size /sys/block/vdb/queue/physical_block_size); \
+         modprobe loop && test -c /dev/loop-control && echo loop-ok; exit 3",
+        &args,
     );
     let ctx = c.context(&out);
     assert_eq!(out.status.code(), Some(3), "{ctx}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "out-root /root\n",
+        "out-root /root\nvirtio-nbt-4k virtio-nbt-512\n512 4096\nloop-ok\n",
         "{ctx}"
     );
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err-1\n", "{ctx}");
