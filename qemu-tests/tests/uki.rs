@@ -27,16 +27,7 @@ struct Uki {
 /// The kit, OVMF, the stub and the FAT tools, or `None` after a loud SKIP.
 fn uki_kit(test: &str, code: &str, vars: &str) -> Option<Uki> {
     let kit = kit(test)?;
-    require_file(
-        test,
-        Path::new(mkinitrd::uki::DEFAULT_STUB),
-        "systemd-boot-efi",
-    )?;
-    let code = require_file(test, Path::new(code), "ovmf")?;
-    let vars = require_file(test, Path::new(vars), "ovmf")?;
-    for tool in ["mkfs.vfat", "mmd", "mcopy"] {
-        require_tool(test, tool)?;
-    }
+    let (code, vars) = common::firmware::require_firmware(test, code, vars)?;
     let probe = kit.probe_store("store");
     Some(Uki {
         kit,

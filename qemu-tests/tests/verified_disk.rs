@@ -33,21 +33,8 @@ struct Disk {
 /// The kit and every tool the script and a firmware boot need, or `None` after a loud SKIP.
 fn disk_kit(test: &str, code: &str, vars: &str) -> Option<Disk> {
     let kit = kit(test)?;
-    require_file(
-        test,
-        Path::new(mkinitrd::uki::DEFAULT_STUB),
-        "systemd-boot-efi",
-    )?;
-    require_file(test, Path::new(code), "ovmf")?;
-    require_file(test, Path::new(vars), "ovmf")?;
-    for tool in [
-        "sfdisk",
-        "mkfs.vfat",
-        "mmd",
-        "mcopy",
-        "mkfs.erofs",
-        "openssl",
-    ] {
+    common::firmware::require_firmware(test, code, vars)?;
+    for tool in ["sfdisk", "mkfs.erofs", "openssl"] {
         require_tool(test, tool)?;
     }
     let probe = kit.probe_store("store");

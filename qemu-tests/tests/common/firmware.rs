@@ -129,3 +129,20 @@ pub fn enroll_test_keys(
     sh(cmd.arg("--secure-boot").arg("-o").arg(&enrolled));
     (key, cert, enrolled)
 }
+
+/// systemd-stub, OVMF's `code` and `vars` and the FAT tools a firmware boot's ESP needs, or
+/// `None` after a recorded skip naming the missing package. Returns the code and vars paths.
+pub fn require_firmware(test: &str, code: &str, vars: &str) -> Option<(PathBuf, PathBuf)> {
+    use qemu_tests::artifacts::{require_file, require_tool};
+    require_file(
+        test,
+        Path::new(mkinitrd::uki::DEFAULT_STUB),
+        "systemd-boot-efi",
+    )?;
+    let code = require_file(test, Path::new(code), "ovmf")?;
+    let vars = require_file(test, Path::new(vars), "ovmf")?;
+    for tool in ["mkfs.vfat", "mmd", "mcopy"] {
+        require_tool(test, tool)?;
+    }
+    Some((code, vars))
+}
