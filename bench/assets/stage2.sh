@@ -72,6 +72,8 @@ case " $cmdline " in
     [ -r /sys/kernel/tracing/trace ] || $bb mount -t tracefs tracefs /sys/kernel/tracing
     echo "BENCH-TRACE-BEGIN"; $bb cat /sys/kernel/tracing/trace; echo "BENCH-TRACE-END" ;;
 esac
+# Loglevel 1: no kernel message lands in the middle of the report line (see probe-init).
+echo 1 > /proc/sys/kernel/printk
 echo "PROBE-RESULT {\"stage2\":${mark:-null},\"run_init\":${run_init:-null},\"uptime\":$up,\"tick_uptime\":${tick:-null},\"tick_klog\":${tick_at:-null},\"timings\":$timings}"
 case " $cmdline " in
   *" bench.hold "*) $bb sleep 3600 ;;
