@@ -6,6 +6,7 @@
 #   the report unit after multi-user.target of qemu_tests::nixos_closure's scripted
 #   closure, and the guest's uptime then); MACHINE: pc|q35|microvm; CACHE: the store
 #   share's virtiofsd --cache (never|auto|always|metadata).
+# NIXBOOT_MACHINES_CPUS: vCPUs per guest (default 1).
 # Needs: . ~/.cache/nixboot/env, `cargo static`, `cargo build --release -p nixboot-launcher
 # -p mkinitrd`, and the NixOS-shaped store built once by the real_systemd tests.
 set -euo pipefail
@@ -67,7 +68,7 @@ one() { # KIND MACHINE CACHE: prints one result line
   done < <(NB_STORE_DIR=$store NB_STORE_CACHE=$mode nice "$launcher" --closure "$closure" \
     --store "$store" --kernel "$NIXBOOT_KERNEL" --initrd "$work/initrd-$transport" \
     --modules "$NIXBOOT_MODULES" --virtiofsd "$work/virtiofsd" --accel tcg \
-    --machine "$machine" --timeout "${NIXBOOT_MACHINES_TIMEOUT:-300}" --append "$params" 2>>"$log")
+    --machine "$machine" --cpus "${NIXBOOT_MACHINES_CPUS:-1}" --timeout "${NIXBOOT_MACHINES_TIMEOUT:-300}" --append "$params" 2>>"$log")
   echo "$kind $machine $mode host_to_marker=$at multi_user_uptime=$up warnings=$warn"
 }
 

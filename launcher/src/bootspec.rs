@@ -46,7 +46,7 @@ impl BootSpec {
 }
 
 /// Kernel parameters every guest of this launcher gets (tests and benchmark included).
-/// The machine's own (`pci=noacpi pci=nomsi` on `pc`) are added by the launcher with
+/// The machine's own (`pci=noacpi pci=nomsi` on `pc` with one vCPU) are added by the launcher with
 /// the machine: `crate::machine::Machine::kernel_params`.
 pub const BASE_PARAMS: [&str; 2] = ["console=ttyS0,115200", "panic=-1"];
 

@@ -7,8 +7,8 @@ use std::str::FromStr;
 /// A QEMU x86 machine type the launcher knows how to wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Machine {
-    /// i440fx with SeaBIOS's PCI IRQ table (`pci=noacpi pci=nomsi`): the default, see
-    /// docs/machines.md for the measurement.
+    /// i440fx (with one vCPU, SeaBIOS's PCI IRQ table: `pci=noacpi pci=nomsi`): the
+    /// default, see docs/machines.md for the measurement.
     #[default]
     Pc,
     /// Q35 (PCIe, ACPI interrupt routing).
@@ -54,22 +54,21 @@ impl Machine {
         }
     }
 
-    /// Kernel parameters this machine needs, put before everything else on the command
-    /// line.
+    /// Kernel parameters this machine needs with `cpus` vCPUs, put before everything else
+    /// on the command line.
     ///
-    /// `pc`: `pci=noacpi` takes the PCI IRQ routing from SeaBIOS's table instead of ACPI's
-    /// `_PRT`, which the kernel interprets for every device it enables (nixboot-bench traced
-    /// ~200 ms per virtio device under TCG in `acpi_pci_irq_enable`, ~15 ms with this).
-    /// `pci=nomsi`: under TCG the guest has no local APIC ("No local APIC present"), so no
-    /// MSI domain; virtio_pci still tries MSI-X and the kernel's fallback prints two
-    /// `WARNING:` stack traces (pci_msi_setup_msi_irqs, pci_msi_teardown_msi_irqs) on every
-    /// boot before using INTx. q35 has no such table (its routing is ACPI's), so only
-    /// `pci=nomsi` applies.
-    pub fn kernel_params(self) -> &'static [&'static str] {
+    /// `pc` with one vCPU: `pci=noacpi` takes the PCI IRQ routing from SeaBIOS's table
+    /// instead of ACPI's `_PRT`, which the kernel interprets for every device it enables
+    /// (nixboot-bench traced ~200 ms per virtio device under TCG in `acpi_pci_irq_enable`,
+    /// ~15 ms with this). It also makes the kernel skip the MADT: no local APIC ("No local
+    /// APIC present"), so no MSI (`pci=nomsi` spares the two `WARNING:` stack traces of
+    /// virtio_pci's fallback to INTx) and no second CPU ("smpboot: Allowing 1 CPUs"). One
+    /// vCPU loses nothing by that; with more, the ACPI tables stay (docs/machines.md). q35
+    /// and microvm route interrupts through ACPI and keep their APIC: nothing to add.
+    pub fn kernel_params(self, cpus: u32) -> &'static [&'static str] {
         match self {
-            Machine::Pc => &["pci=noacpi", "pci=nomsi"],
-            Machine::Q35 => &["pci=nomsi"],
-            Machine::Microvm => &[],
+            Machine::Pc if cpus <= 1 => &["pci=noacpi", "pci=nomsi"],
+            Machine::Pc | Machine::Q35 | Machine::Microvm => &[],
         }
     }
 }
@@ -118,7 +117,10 @@ mod tests {
             "vhost-user-fs-device"
         );
         assert_eq!(Machine::Microvm.virtio_transport_module(), "virtio_mmio");
-        assert!(Machine::Pc.kernel_params().contains(&"pci=noacpi"));
-        assert!(!Machine::Q35.kernel_params().contains(&"pci=noacpi"));
+        assert_eq!(Machine::Pc.kernel_params(1), ["pci=noacpi", "pci=nomsi"]);
+        // pci=noacpi would hide the MADT, and every CPU but the first with it.
+        assert!(Machine::Pc.kernel_params(2).is_empty());
+        assert!(Machine::Q35.kernel_params(1).is_empty());
+        assert!(Machine::Microvm.kernel_params(4).is_empty());
     }
 }

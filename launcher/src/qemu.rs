@@ -54,6 +54,9 @@ pub struct VmConfig {
     /// ESP) instead of `-kernel`/`-initrd`/`-append`; `kernel` then only serves the
     /// accelerator's trial boot.
     pub firmware_boot: bool,
+    /// Let the guest reboot in the same QEMU run (no `-no-reboot`): boot counting walks
+    /// through several boots before the guest powers off.
+    pub reboot: bool,
 }
 
 impl VmConfig {
@@ -77,12 +80,13 @@ impl VmConfig {
             console_file: None,
             console_to_stderr: false,
             firmware_boot: false,
+            reboot: false,
         }
     }
 
     /// The kernel command line QEMU passes: the machine's parameters, then [`Self::cmdline`].
     pub fn full_cmdline(&self) -> String {
-        let mut parts: Vec<&str> = self.machine.kernel_params().to_vec();
+        let mut parts: Vec<&str> = self.machine.kernel_params(self.cpus).to_vec();
         if !self.cmdline.trim().is_empty() {
             parts.push(self.cmdline.trim());
         }
@@ -417,6 +421,9 @@ fn args_for(cfg: &VmConfig, accel: Accel, sockets: &[(&str, &Path)]) -> Vec<Stri
         a.push("-append".into());
         a.push(cfg.full_cmdline());
     }
+    if !cfg.reboot {
+        a.push("-no-reboot".into());
+    }
     a.extend(
         [
             // Not -nographic: that also turns on SeaBIOS's serial console, whose screen
@@ -424,7 +431,6 @@ fn args_for(cfg: &VmConfig, accel: Accel, sockets: &[(&str, &Path)]) -> Vec<Stri
             "-display",
             "none",
             "-nodefaults",
-            "-no-reboot",
             // The console multiplexed with the monitor, as -serial mon:stdio does, so an
             // interactive user gets Ctrl-A x; signal=off sends Ctrl-C to the guest.
             "-chardev",
@@ -570,7 +576,8 @@ mod tests {
         assert!(joined.contains("memory-backend-memfd,id=mem,size=512M,share=on"));
         assert!(joined.contains("-kernel /k -initrd /i -append"));
         let i = a.iter().position(|x| x == "-append").unwrap();
-        assert_eq!(a[i + 1], "pci=noacpi pci=nomsi console=ttyS0 x");
+        // Two vCPUs: the MADT stays (see Machine::kernel_params).
+        assert_eq!(a[i + 1], "console=ttyS0 x");
         assert!(joined.contains("-no-reboot"));
         assert_eq!(qemu_escape("/a,b"), "/a,,b");
     }
@@ -585,6 +592,10 @@ mod tests {
             assert!(!a.iter().any(|x| x == gone), "{a:?}");
         }
         assert!(a.ends_with(&["-drive".to_string(), "file=esp.img".to_string()]));
+        assert!(a.iter().any(|x| x == "-no-reboot"));
+        cfg.reboot = true;
+        let a = qemu_args(&cfg, Accel::Tcg, &[]);
+        assert!(!a.iter().any(|x| x == "-no-reboot"), "{a:?}");
     }
 
     #[test]

@@ -178,6 +178,23 @@ fn the_commands_status_is_the_launchers() {
     assert_eq!(out.status.code(), Some(128 + 9), "{}", c.context(&out));
 }
 
+/// `--cpus 2` on the default machine is two CPUs in the guest, with interrupts the
+/// kernel does not complain about (`pci=noacpi`, which hid the MADT and every CPU but
+/// the first, is kept to one vCPU: `Machine::kernel_params`).
+#[test]
+fn the_guest_gets_the_cpus_asked_for() {
+    let Some(c) = closure("exec_cpus") else {
+        return;
+    };
+    let (out, _) = c.exec("grep -c ^processor /proc/cpuinfo", &["--cpus", "2"]);
+    let ctx = c.context(&out);
+    assert_eq!(out.status.code(), Some(0), "{ctx}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "2\n", "{ctx}");
+    let console = c.console();
+    assert!(!console.contains("No local APIC present"), "{ctx}");
+    assert!(!console.contains("WARNING:"), "{ctx}");
+}
+
 #[test]
 fn megabytes_arrive_whole() {
     let Some(c) = closure("exec_megabytes") else {

@@ -14,21 +14,21 @@
 mod common;
 
 use common::{kit, Kit, ProbeStore};
-use nixboot_launcher::accel;
+use nixboot_launcher::qemu::Outcome;
 use nixboot_protocol::console::{StatusLine, STATUS_MARKER};
 use nixboot_protocol::probe::ProbeReport;
 use qemu_tests::artifacts::{self, fake_store_name};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Tries per counted entry. The module's default `nixboot.bootCounting.tries` is 3; 2 shows
 /// the same counting with one firmware boot (about a minute under TCG) less.
 const TRIES: usize = 2;
 /// Three firmware boots (two failing) on a loaded machine.
 const RUN_TIMEOUT: Duration = Duration::from_secs(420);
-use common::firmware::{OVMF_CODE, OVMF_VARS};
+use common::firmware::{self, FirmwareBoot, OVMF_CODE, OVMF_VARS};
 const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 
 /// The firmware parts and mtools, or `None` after a loud SKIP.
@@ -114,69 +114,26 @@ fn make_esp(kit: &Kit, initrd: &Path, entries: &[(String, String)]) -> PathBuf {
     esp
 }
 
-/// What a firmware run printed and how it ended.
-struct FirmwareRun {
-    console: String,
-    elapsed: Duration,
-    timed_out: bool,
-}
-
 /// Boots OVMF with `esp` as a virtio disk, rebooting allowed, until the guest powers off
 /// (QEMU exits), [`RUN_TIMEOUT`], or more boots than the counters allow (a runaway loop).
-fn run_firmware(kit: &Kit, esp: &Path) -> FirmwareRun {
-    let vars = kit.path("OVMF_VARS.fd");
-    fs::copy(OVMF_VARS, &vars).unwrap();
-    let console = kit.path("console.log");
-    let accel = accel::choose(&kit.env.qemu, &kit.env.kernel);
-    let mut child = Command::new(&kit.env.qemu)
-        .args(accel.accel.qemu_args())
-        .args([
-            "-machine",
-            "q35",
-            "-m",
-            "512",
-            "-nodefaults",
-            "-display",
-            "none",
-        ])
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=1,file={}",
-            vars.display()
-        ))
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", esp.display()))
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("starting QEMU");
-    let start = Instant::now();
-    let mut timed_out = false;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        let text = fs::read_to_string(&console).unwrap_or_default();
-        if start.elapsed() > RUN_TIMEOUT || status_lines(&text).len() > TRIES + 2 {
-            timed_out = true;
-            let _ = child.kill();
-            let _ = child.wait();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    FirmwareRun {
-        console: String::from_utf8_lossy(&fs::read(&console).unwrap_or_default()).into_owned(),
-        elapsed: start.elapsed(),
-        timed_out,
-    }
+fn run_firmware(kit: &Kit, esp: &Path) -> Outcome {
+    let runaway = |text: &str| {
+        (status_lines(text).len() > TRIES + 2).then(|| format!("more than {} boots", TRIES + 2))
+    };
+    firmware::boot(
+        kit,
+        &FirmwareBoot {
+            code: Path::new(OVMF_CODE),
+            vars: Path::new(OVMF_VARS),
+            disk: esp,
+            secure: false,
+            bound: None,
+            extra: &[],
+            reboot: true,
+            timeout: Some(RUN_TIMEOUT),
+            stop: Some(&runaway),
+        },
+    )
 }
 
 /// Every `nixboot-status:` line (one per boot that reached the init), in order.
@@ -335,7 +292,7 @@ fn embedded_initrd(kit: &Kit, probe: &ProbeStore, good_init: &str) -> PathBuf {
 /// naming the missing init, then generation 1 blessed its entry and reached the probe.
 fn assert_tried_then_rolled_back(
     test: &str,
-    run: &FirmwareRun,
+    run: &Outcome,
     broken_init: &str,
     good: &str,
     probe: &str,
@@ -344,8 +301,9 @@ fn assert_tried_then_rolled_back(
     let tail: Vec<&str> = tail.into_iter().rev().collect();
     let ctx = format!("\n--- console tail ---\n{}", tail.join("\n"));
     assert!(
-        !run.timed_out,
-        "no power off within {RUN_TIMEOUT:?} / {TRIES} tries{ctx}"
+        !run.timed_out && run.stopped.is_none(),
+        "no power off within {RUN_TIMEOUT:?} / {TRIES} tries ({:?}){ctx}",
+        run.stopped
     );
     let gens = booted_generations(&run.console);
     let statuses = status_lines(&run.console);

@@ -120,6 +120,9 @@ impl Uki {
                 secure,
                 bound,
                 extra,
+                reboot: false,
+                timeout: None,
+                stop: None,
             },
         )
     }

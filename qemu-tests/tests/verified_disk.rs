@@ -154,6 +154,9 @@ fn verified_disk_boots_under_ovmf_with_the_store_on_dm_verity_from_slot_a() {
             secure: false,
             bound: None,
             extra: &[],
+            reboot: false,
+            timeout: None,
+            stop: None,
         },
     );
     eprintln!(
@@ -199,6 +202,9 @@ fn signed_verified_disk_boots_under_secure_boot_with_our_key_enrolled() {
             secure: true,
             bound: None,
             extra: &[],
+            reboot: false,
+            timeout: None,
+            stop: None,
         },
     );
     eprintln!(

@@ -12,6 +12,7 @@ use common::disk::{self, Part};
 use common::{assert_booted, assert_failed, context, kit, step_lines, timed_steps, Action};
 use common::{Boot, Kit, ProbeStore};
 use mkinitrd::verity::{VerityImage, VerityOptions};
+use nixboot_launcher::qemu::Outcome;
 use nixboot_protocol::verity::hex;
 use std::path::PathBuf;
 
@@ -212,6 +213,16 @@ fn verity_store_from_a_file_in_the_initrd_boots_through_a_loop_device() {
     );
 }
 
+/// The boot stopped in the `verity` phase with `error` (power off), the store not mounted.
+fn assert_refused_before_mounting(o: &Outcome, error: &str) {
+    assert_failed(o, "verity", error, Action::PowerOff);
+    assert!(
+        step_lines(o, "mount-store").is_empty(),
+        "mounted{}",
+        context(o)
+    );
+}
+
 #[test]
 fn verity_wrong_root_hash_is_refused_before_mounting() {
     let Some(v) = verified("verity_wrong_root_hash_is_refused_before_mounting") else {
@@ -220,19 +231,9 @@ fn verity_wrong_root_hash_is_refused_before_mounting() {
     let mut wrong = v.image.root_hash;
     wrong[31] ^= 1;
     let o = v.boot_disk(&v.bytes, &wrong, &[]);
-    assert_failed(
-        &o,
-        "verity",
-        "/dev/vda2: block 0 does not verify",
-        Action::PowerOff,
-    );
+    assert_refused_before_mounting(&o, "/dev/vda2: block 0 does not verify");
     let s = o.status.as_ref().unwrap();
     assert!(s.error().unwrap_or("").contains("wrong root hash"), "{s}");
-    assert!(
-        step_lines(&o, "mount-store").is_empty(),
-        "mounted{}",
-        context(&o)
-    );
 }
 
 #[test]
@@ -246,19 +247,12 @@ fn verity_flipped_data_byte_stops_the_full_check() {
     // The image is the whole disk here (the other tests use a GPT partition).
     let o = v.boot_whole_disk(&bytes, &v.image.root_hash, &["nixboot.verity.check=full"]);
     let block = at / 4096;
-    assert_failed(
+    assert_refused_before_mounting(
         &o,
-        "verity",
         &format!(
             "/dev/vda: data block {block} (byte {}) does not match its hash",
             block * 4096
         ),
-        Action::PowerOff,
-    );
-    assert!(
-        step_lines(&o, "mount-store").is_empty(),
-        "mounted{}",
-        context(&o)
     );
 }
 
@@ -298,16 +292,9 @@ fn verity_hash_tree_not_matching_the_image_is_refused() {
     // The superblock is one block at the hash offset; the top level follows it.
     bytes[v.image.hash_offset as usize + 4096 + 5] ^= 0x80;
     let o = v.boot_disk(&bytes, &v.image.root_hash, &[]);
-    assert_failed(
+    assert_refused_before_mounting(
         &o,
-        "verity",
         "/dev/vda2: block 0 does not verify against nixboot.verity.roothash=",
-        Action::PowerOff,
-    );
-    assert!(
-        step_lines(&o, "mount-store").is_empty(),
-        "mounted{}",
-        context(&o)
     );
 }
 
@@ -319,10 +306,5 @@ fn verity_wrong_hash_offset_finds_no_superblock() {
     };
     let wrong = format!("nixboot.verity.hashoffset={}", v.image.hash_offset - 4096);
     let o = v.boot_disk(&v.bytes, &v.image.root_hash, &[&wrong]);
-    assert_failed(
-        &o,
-        "verity",
-        "(this is not a verity image's hash area)",
-        Action::PowerOff,
-    );
+    assert_refused_before_mounting(&o, "(this is not a verity image's hash area)");
 }

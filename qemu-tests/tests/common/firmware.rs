@@ -19,6 +19,9 @@ const VIRT_FW_VARS_ENV: &str = "NIXBOOT_VIRT_FW_VARS";
 /// an unsigned or unknown image, `Security Violation` for a bad signature.
 pub const REFUSALS: [&str; 2] = ["Access Denied", "Security Violation"];
 
+/// Given the console so far, a reason to stop the run (or `None` to go on).
+pub type StopWhen<'a> = &'a dyn Fn(&str) -> Option<String>;
+
 /// One firmware boot: OVMF's code, the variables to copy, the disk, Secure Boot or not.
 pub struct FirmwareBoot<'a> {
     pub code: &'a Path,
@@ -30,10 +33,16 @@ pub struct FirmwareBoot<'a> {
     pub bound: Option<Duration>,
     /// More QEMU arguments (a TPM).
     pub extra: &'a [String],
+    /// Let the guest reboot (boot counting: several boots in one run, until it powers off).
+    pub reboot: bool,
+    /// The whole run's limit (default: the harness's BOOT_TIMEOUT).
+    pub timeout: Option<Duration>,
+    /// Stops the run when it returns a reason, given the console so far (a runaway loop).
+    pub stop: Option<StopWhen<'a>>,
 }
 
 /// Boots `b.disk` under OVMF (q35; with SMM and a secure flash for Secure Boot) with a copy
-/// of `b.vars`; stops at the firmware's refusal or at `b.bound`.
+/// of `b.vars`; stops at the firmware's refusal, at `b.bound` or when `b.stop` says so.
 pub fn boot(kit: &Kit, b: &FirmwareBoot) -> Outcome {
     let copy = kit.path(&format!(
         "{}.vars",
@@ -43,6 +52,8 @@ pub fn boot(kit: &Kit, b: &FirmwareBoot) -> Outcome {
     let mut cfg = VmConfig::new(&kit.env.kernel, None, String::new());
     cfg.qemu = kit.env.qemu.clone();
     cfg.firmware_boot = true;
+    cfg.reboot = b.reboot;
+    cfg.timeout = b.timeout;
     let console = kit.path("console.log");
     cfg.console_file = Some(console.clone());
     let machine = if b.secure { "q35,smm=on" } else { "q35" };
@@ -72,6 +83,9 @@ pub fn boot(kit: &Kit, b: &FirmwareBoot) -> Outcome {
         let text = String::from_utf8_lossy(&text);
         if let Some(r) = REFUSALS.iter().find(|r| text.contains(*r)) {
             return Some(format!("the firmware refused the image: {r}"));
+        }
+        if let Some(why) = b.stop.and_then(|stop| stop(&text)) {
+            return Some(why);
         }
         let late = bound.is_some_and(|b| elapsed > b);
         (late && !text.contains("Linux version")).then(|| format!("no kernel within {bound:?}"))

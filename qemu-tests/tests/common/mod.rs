@@ -118,7 +118,7 @@ pub fn run_watched(
     mut cfg: VmConfig,
     watch: &mut dyn FnMut(Duration) -> Option<String>,
 ) -> Outcome {
-    cfg.timeout = Some(BOOT_TIMEOUT);
+    cfg.timeout = cfg.timeout.or(Some(BOOT_TIMEOUT));
     cfg.quiet = true;
     let o = {
         let _slot = Slot::take();
