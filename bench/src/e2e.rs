@@ -14,13 +14,13 @@
 //!   the tree with that unit added (systemd writes to its root; the cached tree is never
 //!   touched), made before the clock starts.
 //!
-//! Every guest: the same kernel, [`CPUS`] vCPUs, [`MEMORY_MB`] MiB.
+//! Every guest: the same kernel, [`MACHINE`], [`CPUS`] vCPUs, [`MEMORY_MB`] MiB.
 
 use crate::peers::{Built, Kind};
 use crate::{say, Ctx};
 use anyhow::{bail, Context, Result};
 use nixboot_launcher::qemu;
-use nixboot_launcher::Share;
+use nixboot_launcher::{Machine, Share};
 use nixboot_protocol::console::{StatusLine, STATUS_MARKER};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader};
@@ -33,6 +33,12 @@ use std::time::{Duration, Instant};
 /// vCPUs and memory of every end-to-end guest (vng's defaults on this 2-core host).
 pub const CPUS: u32 = 2;
 pub const MEMORY_MB: u32 = 1024;
+/// The machine of every end-to-end guest. With more than one vCPU the launcher leaves
+/// the ACPI tables alone (`Machine::kernel_params`), and q35's interrupt routing costs the
+/// kernel about 0.14 s per virtio device under TCG where i440fx's `_PRT` costs 0.35 s
+/// (docs/machines.md, "Two vCPUs"): measured, the real-systemd boot reached multi-user
+/// 2 s sooner on q35.
+pub const MACHINE: Machine = Machine::Q35;
 /// The command both command-mode tools run.
 pub const EXEC_CMD: &str = "uname -r";
 /// systemd's words for the real-systemd boots (both initrds): status lines on the console,
@@ -431,6 +437,8 @@ fn nixboot_exec_cmd(ctx: &Ctx, s: &Setup, e: &ExecClosure, log: &Path) -> Comman
         .arg(&ctx.env.virtiofsd)
         .arg("--accel")
         .arg(ctx.accel.to_string())
+        .arg("--machine")
+        .arg(MACHINE.to_string())
         .arg("--cpus")
         .arg(CPUS.to_string())
         .arg("--memory")
@@ -567,6 +575,7 @@ fn systemd_run(
     let mut cfg = ctx.env.vm(image, cmdline);
     cfg.memory_mb = MEMORY_MB;
     cfg.cpus = CPUS;
+    cfg.machine = MACHINE;
     cfg.accel = Some(ctx.accel);
     cfg.timeout = Some(Duration::from_secs(ctx.cli.timeout));
     cfg.quiet = true;
