@@ -41,10 +41,9 @@ fn closure(test: &str) -> Option<ExecClosure> {
     let bin = busybox.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::copy(kit.busybox(), bin.join("busybox")).unwrap();
-    let list = Command::new(bin.join("busybox"))
-        .arg("--list")
-        .output()
-        .unwrap();
+    // The source, not the fresh copy: another test thread's fork can still hold the copy's
+    // write descriptor open, and exec'ing it fails with ETXTBSY (seen in CI).
+    let list = Command::new(kit.busybox()).arg("--list").output().unwrap();
     for applet in String::from_utf8(list.stdout).unwrap().lines() {
         if applet != "busybox" {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
