@@ -42,11 +42,16 @@ pub fn parse(spec: &str) -> Result<Disk, String> {
     Ok(disk)
 }
 
+/// What udev puts in a by-id link name without escaping.
+fn serial_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
 fn default_serial(file: &Path) -> String {
     let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("disk");
     let clean: String = stem
         .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .filter(|&c| serial_char(c))
         .take(SERIAL_MAX)
         .collect();
     if clean.is_empty() {
@@ -56,15 +61,12 @@ fn default_serial(file: &Path) -> String {
     }
 }
 
-/// What udev puts in a link name without escaping, and what fits the device.
+/// What fits the device and names a link as it is.
 fn check_serial(serial: &str) -> Result<(), String> {
     if serial.is_empty() || serial.len() > SERIAL_MAX {
         return Err(format!("serial={serial}: 1 to {SERIAL_MAX} bytes"));
     }
-    if !serial
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
+    if !serial.chars().all(serial_char) {
         return Err(format!("serial={serial}: letters, digits, - _ . only"));
     }
     Ok(())
@@ -90,6 +92,13 @@ pub fn format_of(head: &[u8]) -> &'static str {
     }
 }
 
+/// [`format_of`] an image file's first bytes (fewer when it is shorter).
+pub fn image_format(file: &Path) -> std::io::Result<&'static str> {
+    let mut head = [0u8; 4];
+    let n = std::io::Read::read(&mut std::fs::File::open(file)?, &mut head)?;
+    Ok(format_of(&head[..n]))
+}
+
 /// QEMU's arguments for the disks; `formats[i]` is disk i's image format.
 pub fn qemu_args(disks: &[Disk], formats: &[&str], machine: Machine) -> Vec<String> {
     let mut a = Vec::new();
@@ -97,7 +106,7 @@ pub fn qemu_args(disks: &[Disk], formats: &[&str], machine: Machine) -> Vec<Stri
         a.push("-drive".into());
         a.push(format!(
             "if=none,id=disk{i},format={format},file={}",
-            d.file.display().to_string().replace(',', ",,")
+            crate::qemu::qemu_escape(&d.file.display().to_string())
         ));
         a.push("-device".into());
         a.push(format!(

@@ -67,7 +67,7 @@ impl ExecPorts {
         let serial = machine.virtio_device("virtio-serial");
         let mut a = vec!["-device".into(), format!("{serial},id=nbexec")];
         for (i, name) in [STDOUT_PORT, STDERR_PORT, STATUS_PORT].iter().enumerate() {
-            let path = self.socket(i).display().to_string().replace(',', ",,");
+            let path = crate::qemu::qemu_escape(&self.socket(i).display().to_string());
             a.push("-chardev".into());
             a.push(format!(
                 "socket,id=nbexec{i},path={path},server=on,wait=off"

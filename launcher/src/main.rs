@@ -82,14 +82,15 @@ struct Cli {
     #[arg(long, value_name = "MODE", default_value = "none")]
     net: NetArg,
     /// An extra virtio-blk disk (repeatable), a raw or qcow2 image read and written in
-    /// place: IMAGE is FILE[,serial=NAME][,sector=512|4096]. The serial (default: the file's stem,
-    /// at most 20 bytes) gives the guest's /dev/disk/by-id/virtio-NAME (udev); the sector
+    /// place: IMAGE is FILE[,serial=NAME][,sector=512|4096]. The serial (default: the
+    /// file's stem, at most 20 bytes) gives the guest's /dev/disk/by-id/virtio-NAME (udev); the sector
     /// size is its logical and physical block size. E.g. fstests' TEST_DEV and SCRATCH_DEV.
-    #[arg(long, value_name = "IMAGE", value_parser = parse_disk)]
+    #[arg(long, value_name = "IMAGE", value_parser = disk::parse)]
     disk: Vec<Disk>,
     /// The emulated machine: pc (i440fx, the default: the fastest to boot under TCG here
-    /// with one vCPU), q35 (with --cpus 2 or more, faster under TCG), or microvm (virtio-mmio, no PCI: the initrd must load virtio_mmio instead of
-    /// virtio_pci; under TCG its kernel hangs calibrating clocks, KVM untested).
+    /// with one vCPU), q35 (with --cpus 2 or more, faster under TCG), or microvm
+    /// (virtio-mmio, no PCI: the initrd must load virtio_mmio instead of virtio_pci; under
+    /// TCG its kernel hangs calibrating clocks, KVM untested).
     /// Measured in docs/machines.md.
     #[arg(long, value_name = "MACHINE", default_value = "pc", value_parser = parse_machine)]
     machine: Machine,
@@ -175,20 +176,14 @@ enum AccelArg {
     Auto,
 }
 
-fn parse_disk(s: &str) -> Result<Disk, String> {
-    disk::parse(s)
-}
-
 /// QEMU's arguments for `--disk`: each file must be there, its format read from its head.
 fn disk_args(cli: &Cli) -> anyhow::Result<Vec<String>> {
     disk::check_all(&cli.disk).map_err(|e| usage(format!("--disk: {e}")))?;
     let mut formats = Vec::new();
     for d in &cli.disk {
-        let mut head = [0u8; 4];
-        let n = std::fs::File::open(&d.file)
-            .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        let format = disk::image_format(&d.file)
             .with_context(|| format!("--disk {}: cannot read it", d.file.display()))?;
-        formats.push(disk::format_of(&head[..n]));
+        formats.push(format);
     }
     Ok(disk::qemu_args(&cli.disk, &formats, cli.machine))
 }

@@ -447,8 +447,9 @@ fn args_for(cfg: &VmConfig, accel: Accel, sockets: &[(&str, &Path)]) -> Vec<Stri
     a
 }
 
-/// QEMU's `-chardev path=` value: commas are doubled.
-fn qemu_escape(s: &str) -> String {
+/// A value inside one of QEMU's comma-separated option lists (`path=`, `file=`): commas
+/// are doubled.
+pub(crate) fn qemu_escape(s: &str) -> String {
     s.replace(',', ",,")
 }
 

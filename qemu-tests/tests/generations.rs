@@ -123,15 +123,10 @@ fn run_firmware(kit: &Kit, esp: &Path) -> Outcome {
     firmware::boot(
         kit,
         &FirmwareBoot {
-            code: Path::new(OVMF_CODE),
-            vars: Path::new(OVMF_VARS),
-            disk: esp,
-            secure: false,
-            bound: None,
-            extra: &[],
             reboot: true,
             timeout: Some(RUN_TIMEOUT),
             stop: Some(&runaway),
+            ..FirmwareBoot::new(Path::new(OVMF_CODE), Path::new(OVMF_VARS), esp)
         },
     )
 }

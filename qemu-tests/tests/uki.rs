@@ -114,15 +114,10 @@ impl Uki {
         firmware::boot(
             &self.kit,
             &FirmwareBoot {
-                code: &self.code,
-                vars,
-                disk: esp,
                 secure,
                 bound,
                 extra,
-                reboot: false,
-                timeout: None,
-                stop: None,
+                ..FirmwareBoot::new(&self.code, vars, esp)
             },
         )
     }

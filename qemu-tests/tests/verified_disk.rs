@@ -147,17 +147,7 @@ fn verified_disk_boots_under_ovmf_with_the_store_on_dm_verity_from_slot_a() {
     let report = d.build(&disk, &[]);
     let o = firmware::boot(
         &d.kit,
-        &FirmwareBoot {
-            code: Path::new(OVMF_CODE),
-            vars: Path::new(OVMF_VARS),
-            disk: &disk,
-            secure: false,
-            bound: None,
-            extra: &[],
-            reboot: false,
-            timeout: None,
-            stop: None,
-        },
+        &FirmwareBoot::new(Path::new(OVMF_CODE), Path::new(OVMF_VARS), &disk),
     );
     eprintln!(
         "{test}: QEMU start -> kernel {:?}, -> probe {:?}, total {:?}",
@@ -196,15 +186,8 @@ fn signed_verified_disk_boots_under_secure_boot_with_our_key_enrolled() {
     let o = firmware::boot(
         &d.kit,
         &FirmwareBoot {
-            code: Path::new(OVMF_CODE_SECBOOT),
-            vars: &vars,
-            disk: &disk,
             secure: true,
-            bound: None,
-            extra: &[],
-            reboot: false,
-            timeout: None,
-            stop: None,
+            ..FirmwareBoot::new(Path::new(OVMF_CODE_SECBOOT), &vars, &disk)
         },
     );
     eprintln!(

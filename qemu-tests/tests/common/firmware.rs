@@ -41,6 +41,23 @@ pub struct FirmwareBoot<'a> {
     pub stop: Option<StopWhen<'a>>,
 }
 
+impl<'a> FirmwareBoot<'a> {
+    /// A plain boot of `disk`: no Secure Boot, no reboots, the harness's limits.
+    pub fn new(code: &'a Path, vars: &'a Path, disk: &'a Path) -> Self {
+        FirmwareBoot {
+            code,
+            vars,
+            disk,
+            secure: false,
+            bound: None,
+            extra: &[],
+            reboot: false,
+            timeout: None,
+            stop: None,
+        }
+    }
+}
+
 /// Boots `b.disk` under OVMF (q35; with SMM and a secure flash for Secure Boot) with a copy
 /// of `b.vars`; stops at the firmware's refusal, at `b.bound` or when `b.stop` says so.
 pub fn boot(kit: &Kit, b: &FirmwareBoot) -> Outcome {

@@ -342,16 +342,7 @@ impl Boot {
 /// `qcow2` when the image starts with qcow2's magic, `raw` otherwise: said explicitly, since
 /// QEMU refuses to guess for writes to block 0 of a raw image.
 pub fn disk_format(image: &Path) -> &'static str {
-    let mut magic = [0u8; 4];
-    let is_qcow2 = std::fs::File::open(image)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-        .is_ok()
-        && magic == *b"QFI\xfb";
-    if is_qcow2 {
-        "qcow2"
-    } else {
-        "raw"
-    }
+    nixboot_launcher::disk::image_format(image).unwrap_or("raw")
 }
 
 /// Boots `initrd` once.
