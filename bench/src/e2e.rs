@@ -33,11 +33,9 @@ use std::time::{Duration, Instant};
 /// vCPUs and memory of every end-to-end guest (vng's defaults on this 2-core host).
 pub const CPUS: u32 = 2;
 pub const MEMORY_MB: u32 = 1024;
-/// The machine of every end-to-end guest. With more than one vCPU the launcher leaves
-/// the ACPI tables alone (`Machine::kernel_params`), and q35's interrupt routing costs the
-/// kernel about 0.14 s per virtio device under TCG where i440fx's `_PRT` costs 0.35 s
-/// (docs/machines.md, "Two vCPUs"): measured, the real-systemd boot reached multi-user
-/// 2 s sooner on q35.
+/// The machine of every end-to-end guest: the launcher's default, what a user gets. q35's
+/// interrupt routing costs the kernel about 0.14 s per virtio device under TCG where
+/// i440fx's `_PRT` costs 0.35 s with two vCPUs (docs/machines.md, "Two vCPUs").
 pub const MACHINE: Machine = Machine::Q35;
 /// The command both command-mode tools run.
 pub const EXEC_CMD: &str = "uname -r";
@@ -700,6 +698,11 @@ mod tests {
 
     /// systemd 252's status line as it reaches a serial console, colours and all.
     const MULTI_USER: &str = "[\x1b[0;32m  OK  \x1b[0m] Reached target \x1b[0;1;39mmulti-user.target\x1b[0m - Multi-User System.\r";
+
+    #[test]
+    fn end_to_end_guests_run_on_the_launchers_default_machine() {
+        assert_eq!(MACHINE, Machine::default());
+    }
 
     #[test]
     fn multi_user_line_is_recognised_through_colours() {

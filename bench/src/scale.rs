@@ -6,7 +6,7 @@
 //! when that guest arrived (the guest then waits or goes on booting, so the sample sees a
 //! live guest; QEMU is killed once all are sampled).
 
-use crate::boot::{CPUS, MEMORY_MB};
+use crate::boot::{CPUS, MACHINE, MEMORY_MB};
 use crate::peers::Built;
 use crate::{say, Ctx};
 use anyhow::{Context, Result};
@@ -293,6 +293,7 @@ fn start_guest(
     );
     cfg.memory_mb = MEMORY_MB;
     cfg.cpus = CPUS;
+    cfg.machine = MACHINE;
     cfg.extra_qemu_args = ctx.cli.qemu_args.clone();
     let args = qemu::qemu_args(&cfg, ctx.accel, &daemons);
     let mut cmd = Command::new(&ctx.env.qemu);

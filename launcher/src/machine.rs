@@ -7,11 +7,11 @@ use std::str::FromStr;
 /// A QEMU x86 machine type the launcher knows how to wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Machine {
-    /// i440fx (with one vCPU, SeaBIOS's PCI IRQ table: `pci=noacpi pci=nomsi`): the
-    /// default, see docs/machines.md for the measurement.
-    #[default]
+    /// i440fx (with one vCPU, SeaBIOS's PCI IRQ table: `pci=noacpi pci=nomsi`).
     Pc,
-    /// Q35 (PCIe, ACPI interrupt routing).
+    /// Q35 (PCIe, ACPI interrupt routing, MSI-X): the default, the faster under TCG with
+    /// one vCPU and with two (docs/machines.md).
+    #[default]
     Q35,
     /// microvm: no PCI and no firmware tables to interpret beyond ACPI's device list;
     /// virtio devices on virtio-mmio, so the initrd must load `virtio_mmio` instead of

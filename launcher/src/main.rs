@@ -87,12 +87,12 @@ struct Cli {
     /// size is its logical and physical block size. E.g. fstests' TEST_DEV and SCRATCH_DEV.
     #[arg(long, value_name = "IMAGE", value_parser = disk::parse)]
     disk: Vec<Disk>,
-    /// The emulated machine: pc (i440fx, the default: the fastest to boot under TCG here
-    /// with one vCPU), q35 (with --cpus 2 or more, faster under TCG), or microvm
-    /// (virtio-mmio, no PCI: the initrd must load virtio_mmio instead of virtio_pci; under
-    /// TCG its kernel hangs calibrating clocks, KVM untested).
+    /// The emulated machine: q35 (the default: the fastest under TCG here, with one vCPU
+    /// or more), pc (i440fx; with one vCPU the launcher adds `pci=noacpi pci=nomsi`), or
+    /// microvm (virtio-mmio, no PCI: the initrd must load virtio_mmio instead of
+    /// virtio_pci; under TCG its kernel hangs calibrating clocks, KVM untested).
     /// Measured in docs/machines.md.
-    #[arg(long, value_name = "MACHINE", default_value = "pc", value_parser = parse_machine)]
+    #[arg(long, value_name = "MACHINE", default_value = "q35", value_parser = parse_machine)]
     machine: Machine,
     /// Guest memory in MiB.
     #[arg(long, value_name = "MiB", default_value_t = 1024)]

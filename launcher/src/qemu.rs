@@ -616,17 +616,22 @@ mod tests {
             fs_device(&cfg),
             (
                 "vhost-user-fs-pci,chardev=vfs0,tag=store".into(),
-                "pc,memory-backend=mem".into(),
-                "pci=noacpi pci=nomsi console=ttyS0 x".into()
+                "q35,memory-backend=mem".into(),
+                "console=ttyS0 x".into()
             )
         );
+        cfg.machine = Machine::Pc;
+        assert_eq!(
+            fs_device(&cfg).1,
+            "pc,memory-backend=mem",
+            "pc keeps the BIOS routing with one vCPU"
+        );
+        assert_eq!(fs_device(&cfg).2, "pci=noacpi pci=nomsi console=ttyS0 x");
         cfg.machine = Machine::Microvm;
         let (dev, machine, append) = fs_device(&cfg);
         assert_eq!(dev, "vhost-user-fs-device,chardev=vfs0,tag=store");
         assert!(machine.starts_with("microvm,"), "{machine}");
         assert_eq!(append, "console=ttyS0 x");
-        cfg.machine = Machine::Q35;
-        assert!(fs_device(&cfg).1.starts_with("q35,"));
     }
 
     #[test]

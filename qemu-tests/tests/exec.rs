@@ -177,21 +177,25 @@ fn the_commands_status_is_the_launchers() {
     assert_eq!(out.status.code(), Some(128 + 9), "{}", c.context(&out));
 }
 
-/// `--cpus 2` on the default machine is two CPUs in the guest, with interrupts the
-/// kernel does not complain about (`pci=noacpi`, which hid the MADT and every CPU but
-/// the first, is kept to one vCPU: `Machine::kernel_params`).
+/// `--cpus 2` is two CPUs in the guest, on the default machine (q35) and on `pc`, with
+/// interrupts the kernel does not complain about (`pci=noacpi`, which hid the MADT and
+/// every CPU but the first, is kept to `pc` with one vCPU: `Machine::kernel_params`).
 #[test]
 fn the_guest_gets_the_cpus_asked_for() {
     let Some(c) = closure("exec_cpus") else {
         return;
     };
-    let (out, _) = c.exec("grep -c ^processor /proc/cpuinfo", &["--cpus", "2"]);
-    let ctx = c.context(&out);
-    assert_eq!(out.status.code(), Some(0), "{ctx}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "2\n", "{ctx}");
-    let console = c.console();
-    assert!(!console.contains("No local APIC present"), "{ctx}");
-    assert!(!console.contains("WARNING:"), "{ctx}");
+    for machine in [None, Some("pc")] {
+        let mut args = vec!["--cpus", "2"];
+        args.extend(machine.iter().flat_map(|m| ["--machine", *m]));
+        let (out, _) = c.exec("grep -c ^processor /proc/cpuinfo", &args);
+        let ctx = format!("machine {machine:?}: {}", c.context(&out));
+        assert_eq!(out.status.code(), Some(0), "{ctx}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "2\n", "{ctx}");
+        let console = c.console();
+        assert!(!console.contains("No local APIC present"), "{ctx}");
+        assert!(!console.contains("WARNING:"), "{ctx}");
+    }
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! `benchmark.md`: the report's tables and sections, rendered from the model.
 
 use super::model::*;
-use crate::boot::{BootRecord, CPUS, MEMORY_MB};
+use crate::boot::{BootRecord, CPUS, MACHINE, MEMORY_MB};
 use crate::peers::{Built, Kind};
 use crate::stats::{summarize, Summary};
 use std::fmt::Write as _;
@@ -100,7 +100,7 @@ impl Report {
         );
         let _ = writeln!(
             m,
-            "| QEMU | {}; {} ({}); {} vCPU, {} MiB RAM in a shared memfd backend |",
+            "| QEMU | {}; {} ({}); machine {MACHINE}, {} vCPU, {} MiB RAM in a shared memfd backend |",
             s.qemu.trim_start_matches("QEMU emulator "),
             s.accel,
             s.accel_reason,
@@ -381,8 +381,8 @@ impl Report {
             m,
             "## Scale: K imageless guests booted at once from one shared store\n\n\
              nixboot's initrd, tmpfs root, the store and the kernel modules over virtiofs (one \
-             virtiofsd per share and guest, all serving the same host directories), {} vCPU and \
-             {} MiB each, on this {}-core host. Wall time from launching the first guest until \
+             virtiofsd per share and guest, all serving the same host directories), machine \
+             {MACHINE}, {} vCPU and {} MiB each, on this {}-core host. Wall time from launching the first guest until \
              every guest's stage 2 reported; host memory from /proc/PID/smaps_rollup of each \
              guest's QEMU and its two virtiofsd, sampled when that guest reached stage 2. PSS \
              splits shared pages (the guest RAM memfd that QEMU and virtiofsd both map, the \
