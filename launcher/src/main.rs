@@ -302,8 +302,9 @@ fn find_qemu(given: &Path) -> anyhow::Result<PathBuf> {
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let disks = disk_args(cli)?;
     let spec = boot_spec(cli)?;
-    check_path("store", &cli.store, true, "")?;
+    // The usage error (nothing to boot) before any path check: it is the one to fix first.
     let init = guest_init(cli, spec.as_ref())?;
+    check_path("store", &cli.store, true, "")?;
     let (kernel, initrd) = kernel_and_initrd(cli, spec.as_ref())?;
     if let Some(m) = &cli.modules {
         check_path("modules", m, true, SETUP_HINT)?;
