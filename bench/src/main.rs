@@ -12,8 +12,8 @@
 //! `--systemd-scale` guests of a real systemd at once.
 //!
 //! What every boot shares (the method of shared/docs/peers.md): Debian's cloud kernel, QEMU
-//! (machine `pc`) with 1 GiB of RAM in a memfd backend and one vCPU, one virtiofsd (`--cache=never`,
-//! read-only) sharing a tiny root whose `/sbin/init` is a busybox script
+//! (machine `pc`) with 1 GiB of RAM in a memfd backend and one vCPU, one virtiofsd
+//! (`--cache=never`, read-only) sharing a tiny root whose `/sbin/init` is a busybox script
 //! (bench/assets/stage2.sh) that reads /proc/uptime first, then the kernel log's
 //! timestamp of "Run /init", prints both and powers off. Every initrd mounts that share as
 //! its root and switches to it; the kernel command line is the same for all but the root=

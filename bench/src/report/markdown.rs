@@ -100,7 +100,8 @@ impl Report {
         );
         let _ = writeln!(
             m,
-            "| QEMU | {}; {} ({}); machine {MACHINE}, {} vCPU, {} MiB RAM in a shared memfd backend |",
+            "| QEMU | {}; {} ({}); machine {MACHINE}, {} vCPU, {} MiB RAM in a shared memfd \
+             backend |",
             s.qemu.trim_start_matches("QEMU emulator "),
             s.accel,
             s.accel_reason,
@@ -382,8 +383,8 @@ impl Report {
             "## Scale: K imageless guests booted at once from one shared store\n\n\
              nixboot's initrd, tmpfs root, the store and the kernel modules over virtiofs (one \
              virtiofsd per share and guest, all serving the same host directories), machine \
-             {MACHINE}, {} vCPU and {} MiB each, on this {}-core host. Wall time from launching the first guest until \
-             every guest's stage 2 reported; host memory from /proc/PID/smaps_rollup of each \
+             {MACHINE}, {} vCPU and {} MiB each, on this {}-core host. Wall time from \
+             launching the first guest until every guest's stage 2 reported; host memory from /proc/PID/smaps_rollup of each \
              guest's QEMU and its two virtiofsd, sampled when that guest reached stage 2. PSS \
              splits shared pages (the guest RAM memfd that QEMU and virtiofsd both map, the \
              binaries) between the processes that map them, so PSS per guest times K is the \
