@@ -46,8 +46,8 @@ impl BootSpec {
 }
 
 /// Kernel parameters every guest of this launcher gets (tests and benchmark included).
-/// The machine's own (`pci=noacpi pci=nomsi` on `pc` with one vCPU) are added by the launcher with
-/// the machine: `crate::machine::Machine::kernel_params`.
+/// The machine's own (`pci=noacpi pci=nomsi` on `pc` with one vCPU) are added by the
+/// launcher with the machine: `crate::machine::Machine::kernel_params`.
 pub const BASE_PARAMS: [&str; 2] = ["console=ttyS0,115200", "panic=-1"];
 
 /// The kernel command line: fixed base, then the closure's params, then the user's.

@@ -83,8 +83,8 @@ struct Cli {
     net: NetArg,
     /// An extra virtio-blk disk (repeatable), a raw or qcow2 image read and written in
     /// place: IMAGE is FILE[,serial=NAME][,sector=512|4096]. The serial (default: the
-    /// file's stem, at most 20 bytes) gives the guest's /dev/disk/by-id/virtio-NAME (udev); the sector
-    /// size is its logical and physical block size. E.g. fstests' TEST_DEV and SCRATCH_DEV.
+    /// file's stem, at most 20 bytes) gives the guest's /dev/disk/by-id/virtio-NAME
+    /// (udev); the sector size is its logical and physical block size. E.g. fstests' TEST_DEV and SCRATCH_DEV.
     #[arg(long, value_name = "IMAGE", value_parser = disk::parse)]
     disk: Vec<Disk>,
     /// The emulated machine: q35 (the default: the fastest under TCG here, with one vCPU

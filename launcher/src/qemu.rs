@@ -577,7 +577,7 @@ mod tests {
         assert!(joined.contains("memory-backend-memfd,id=mem,size=512M,share=on"));
         assert!(joined.contains("-kernel /k -initrd /i -append"));
         let i = a.iter().position(|x| x == "-append").unwrap();
-        // Two vCPUs: the MADT stays (see Machine::kernel_params).
+        // The default machine (q35) needs no parameters (see Machine::kernel_params).
         assert_eq!(a[i + 1], "console=ttyS0 x");
         assert!(joined.contains("-no-reboot"));
         assert_eq!(qemu_escape("/a,b"), "/a,,b");

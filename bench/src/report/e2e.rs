@@ -167,8 +167,8 @@ impl Report {
         let _ = writeln!(
             m,
             "## End to end: what a user waits for\n\n\
-             In the same run, {} rounds, the order rotated every round; every guest {CPUS} vCPUs (machine {MACHINE} for \
-             nixboot-qemu and both real-systemd boots; vng picks its own: microvm only with KVM), \
+             In the same run, {} rounds, the order rotated every round; every guest {CPUS} vCPUs \
+             (machine {MACHINE} for nixboot-qemu and both real-systemd boots; vng picks its own: microvm only with KVM), \
              {MEMORY_MB} MiB, the same kernel; times on the host from the command's start.\n\n\
              - **One command in a throwaway VM.** `nixboot-qemu --closure SYSTEM --exec '{EXEC_CMD}'` \
              (a tiny closure: the probe as init, Debian's static busybox as `sw`, served by the \

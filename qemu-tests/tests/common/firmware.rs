@@ -4,6 +4,7 @@
 
 use super::{run_watched, Kit};
 use nixboot_launcher::qemu::{Outcome, VmConfig};
+use nixboot_launcher::Machine;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -73,10 +74,14 @@ pub fn boot(kit: &Kit, b: &FirmwareBoot) -> Outcome {
     cfg.timeout = b.timeout;
     let console = kit.path("console.log");
     cfg.console_file = Some(console.clone());
-    let machine = if b.secure { "q35,smm=on" } else { "q35" };
-    let mut args = vec!["-machine".to_string(), machine.to_string()];
+    // OVMF's Secure Boot build needs SMM, which only q35 has. QEMU merges `-machine smm=on`
+    // into the launcher's own `-machine q35,...`.
+    cfg.machine = Machine::Q35;
+    let mut args = Vec::new();
     if b.secure {
         args.extend([
+            "-machine".into(),
+            "smm=on".into(),
             "-global".into(),
             "driver=cfi.pflash01,property=secure,value=on".into(),
         ]);
