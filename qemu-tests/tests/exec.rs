@@ -177,23 +177,30 @@ fn the_commands_status_is_the_launchers() {
     assert_eq!(out.status.code(), Some(128 + 9), "{}", c.context(&out));
 }
 
-/// `--cpus 2` is two CPUs in the guest, on the default machine (q35) and on `pc`, with
-/// interrupts the kernel does not complain about (`pci=noacpi`, which hid the MADT and
-/// every CPU but the first, is kept to `pc` with one vCPU: `Machine::kernel_params`).
+/// `--cpus N` is N CPUs in the guest, on the default machine (q35) and on `pc`, with no
+/// kernel WARNING. `pci=noacpi pci=nomsi` (which hide the MADT and every CPU but the
+/// first) are `pc`'s with one vCPU only (`Machine::kernel_params`): booted here too, the
+/// one special case of the machines.
 #[test]
 fn the_guest_gets_the_cpus_asked_for() {
     let Some(c) = closure("exec_cpus") else {
         return;
     };
-    for machine in [None, Some("pc")] {
-        let mut args = vec!["--cpus", "2"];
+    for (machine, cpus) in [(None, "2"), (Some("pc"), "2"), (Some("pc"), "1")] {
+        let mut args = vec!["--cpus", cpus];
         args.extend(machine.iter().flat_map(|m| ["--machine", *m]));
-        let (out, _) = c.exec("grep -c ^processor /proc/cpuinfo", &args);
-        let ctx = format!("machine {machine:?}: {}", c.context(&out));
+        let (out, _) = c.exec("grep -c ^processor /proc/cpuinfo; cat /proc/cmdline", &args);
+        let ctx = format!("machine {machine:?}, {cpus} vCPUs: {}", c.context(&out));
         assert_eq!(out.status.code(), Some(0), "{ctx}");
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "2\n", "{ctx}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut lines = stdout.lines();
+        assert_eq!(lines.next(), Some(cpus), "{ctx}");
+        let noacpi = lines.next().unwrap_or("").contains("pci=noacpi pci=nomsi");
+        assert_eq!(noacpi, machine == Some("pc") && cpus == "1", "{ctx}");
         let console = c.console();
-        assert!(!console.contains("No local APIC present"), "{ctx}");
+        // With those words the kernel finds no local APIC (one CPU, the PIC): expected there,
+        // a lost CPU anywhere else.
+        assert_eq!(console.contains("No local APIC present"), noacpi, "{ctx}");
         assert!(!console.contains("WARNING:"), "{ctx}");
     }
 }
