@@ -2,6 +2,8 @@
 //! CONFIG_RD_GZIP/XZ/LZ4/ZSTD): the kernel must unpack the archive, the init must load the
 //! modules from it and hand the probe a clean imageless system. One boot per kind, at most
 //! two at a time.
+//!
+//! Guest kernels: every (tests/run.sh boots it again on 6.12).
 
 mod common;
 

@@ -3,6 +3,8 @@
 //! `sw/bin/sh`), served by the init's runner. The command's stdout and stderr must come
 //! back apart from each other and from the console, byte for byte, and its status must be
 //! the launcher's; a guest that never starts the command gets exit 125 within the bound.
+//!
+//! Guest kernels: 6.1 only (the launcher's command channel, host side).
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! error text, that the init said what it tried or what to check, and the action taken
 //! (power off, reboot, an emergency shell), within a bound and without a kernel panic.
 //! The missing virtiofs tag is in imageless.rs.
+//!
+//! Guest kernels: every (tests/run.sh boots it again on 6.12).
 
 mod common;
 

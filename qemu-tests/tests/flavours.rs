@@ -3,6 +3,8 @@
 //! (the systemd initrd, the default from NixOS 26.05). Busybox stands in for the scripts'
 //! shell and the probe for systemd; the scripts write what they saw under
 //! /run/nixboot-test, which the probe reports.
+//!
+//! Guest kernels: every (tests/run.sh boots it again on 6.12).
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! The project's init and mkinitrd, booted for real: an imageless guest (tmpfs root, the
 //! store and the kernel modules over virtiofs) whose "system" is the probe.
+//!
+//! Guest kernels: every (tests/run.sh boots it again on 6.12).
 
 mod common;
 

@@ -14,6 +14,8 @@
 //! kexec-run.sh) appends them to the RAM system's initrd with GNU cpio and loads it with
 //! Debian's kexec-tools (both with their libraries, through their ELF interpreter); the new
 //! system's probe finds them under /run/nixboot/carry.
+//!
+//! Guest kernels: every (tests/run.sh boots it again on 6.12).
 
 mod common;
 

@@ -3,6 +3,8 @@
 //! modules, mounts the store over virtiofs and `switch_root`s into the probe.
 //!
 //! If this passes and the imageless tests fail, the fault is in init or mkinitrd.
+//!
+//! Guest kernels: 6.1 only (the launcher and the probe, host side).
 
 mod common;
 

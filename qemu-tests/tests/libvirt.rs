@@ -12,6 +12,8 @@
 //! fails in this environment) bind-mounted over /etc/libvirt/qemu.conf in a private mount
 //! namespace, so /etc is not changed; they are stopped afterwards. Every domain, network and
 //! virtiofsd is undone by a guard, also when an assertion fails.
+//!
+//! Guest kernels: 6.1 only (the controller's domains in libvirtd, host side).
 
 mod common;
 

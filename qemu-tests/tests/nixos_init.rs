@@ -2,6 +2,8 @@
 //! prepare-root beside it, boot.json carries `org.nixos.nixos-init.v1`, the toplevel has
 //! `nixos-version`. The init prepares the root as nixos-init's initrd-init would, or fails at
 //! the step whose input is bad, before touching the root.
+//!
+//! Guest kernels: every (tests/run.sh boots it again on 6.12).
 
 mod common;
 

@@ -17,6 +17,8 @@
 //! The nixos-init tests need overlayfs data-only layers (Linux 6.5+): on 6.1 they say SKIP.
 //! The store is shared with virtiofsd `--cache=always` (it is built once, never changed under
 //! a guest): with `--cache=never` a boot to multi-user took several times longer under TCG.
+//!
+//! Guest kernels: every (tests/run.sh boots it again on 6.12).
 
 mod common;
 

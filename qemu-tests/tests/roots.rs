@@ -2,6 +2,8 @@
 //! imageless.rs): a whole-root virtiofs share; ext4 block roots named by path, LABEL=,
 //! UUID=, PARTUUID= (GPT and MBR), with rootfstype=, rootflags=, ro; a store embedded in
 //! the initramfs; a writable store overlay.
+//!
+//! Guest kernels: every (tests/run.sh boots it again on 6.12).
 
 mod common;
 

@@ -4,6 +4,8 @@
 //!     NIXBOOT_STRESS=50 cargo test -p qemu-tests --test stress -- --ignored --nocapture
 //!
 //! Each failing boot's console is kept in the target directory for a look.
+//!
+//! Guest kernels: 6.1 only (repetition: the boots themselves run on both kernels in imageless.rs).
 
 mod common;
 

@@ -4,6 +4,8 @@
 //! own keys enrolled (virt-firmware), the sbsign-signed UKI boots and an unsigned or
 //! tampered one is refused by the firmware. Also: two runs give the same bytes, and bad
 //! inputs (no kernel, a kernel or stub that is not what it must be) write nothing.
+//!
+//! Guest kernels: 6.1 only (firmware: the UKI under OVMF and Secure Boot).
 
 mod common;
 

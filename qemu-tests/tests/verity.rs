@@ -5,6 +5,8 @@
 //! step and the device (in the `verity` phase with `nixboot.verity.check=full`, at the
 //! first read of the changed file otherwise); a wrong root hash is refused before anything
 //! is mounted. Whether veritysetup agrees with the tree is mkinitrd/tests/verity.rs.
+//!
+//! Guest kernels: every (tests/run.sh boots it again on 6.12).
 
 mod common;
 
