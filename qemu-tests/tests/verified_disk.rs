@@ -1,12 +1,12 @@
 //! nixos/make-verified-disk.sh end to end: the probe closure becomes one GPT disk (an ESP
 //! with the UKI as EFI/BOOT/BOOTX64.EFI, store slots A and B, the dm-verity image in A) that
 //! OVMF boots to the probe's stage 2 with /nix/store on dm-verity from partition A, named in
-//! the UKI's .cmdline by PARTUUID with the root hash the verity step printed; the same disk
-//! signed with our key boots under Secure Boot with that key enrolled. Without QEMU: two runs
-//! give the same bytes, slot A holds the image (verity-check), `--slot B` puts it in B under
-//! the same PARTUUIDs, and bad input (a missing
-//! closure, a key that is not the certificate's, an ESP too small, a directory as output)
-//! exits 1 with one message and leaves nothing behind.
+//! the UKI's .cmdline by PARTUUID with the root hash the verity step printed; the next
+//! generation's disk (`--slot B`) boots from partition B; the same disk signed with our key
+//! boots under Secure Boot with that key enrolled. Without QEMU: two runs give the same
+//! bytes, slot A holds the image (verity-check), `--slot B` puts it in B under the same
+//! PARTUUIDs, and bad input (a missing closure, a key that is not the certificate's, an ESP
+//! too small, a directory as output) exits 1 with one message and leaves nothing behind.
 //!
 //! Guest kernels: 6.1 only (firmware: the verified disk under OVMF and Secure Boot).
 
@@ -98,18 +98,22 @@ impl Disk {
     }
 }
 
-/// The probe ran on the tmpfs root with /nix/store the erofs on dm-verity over partition A
-/// (vda2), attached with the root hash the script printed.
+/// The probe ran on the tmpfs root with /nix/store the erofs on dm-verity over the slot the
+/// script filled (A: vda2, B: vda3), attached with the root hash the script printed.
 fn assert_verified_boot(d: &Disk, o: &Outcome, report: &BTreeMap<String, String>) {
     let ctx = context(o);
+    let (key, dev, label) = match report["slot"].as_str() {
+        "A" => ("store_a", "vda2", "nixboot-store-a"),
+        _ => ("store_b", "vda3", "nixboot-store-b"),
+    };
     assert!(o.stopped.is_none(), "{:?}{ctx}", o.stopped);
     let p = assert_booted(o);
     assert_eq!(p.argv, [d.probe.init.as_str()], "{p}");
     assert_eq!(p.store_fstype.as_deref(), Some("erofs"), "{p}");
     assert!(o.console.contains("BdsDxe: starting"), "not OVMF{ctx}");
-    // The kernel got the UKI's .cmdline, naming slot A and the printed root hash.
+    // The kernel got the UKI's .cmdline, naming the slot and the printed root hash.
     let cmdline = p.cmdline.clone().unwrap_or_default();
-    let store = format!("nixboot.verity.store={}", report["store_a"]);
+    let store = format!("nixboot.verity.store={}", report[key]);
     let hash = format!("nixboot.verity.roothash={}", report["root_hash"]);
     assert!(
         cmdline.contains(&store) && cmdline.contains(&hash),
@@ -118,7 +122,7 @@ fn assert_verified_boot(d: &Disk, o: &Outcome, report: &BTreeMap<String, String>
     let wait = step_lines(o, "wait-store");
     assert!(
         wait.iter()
-            .any(|l| l.contains("is vda2") && l.contains("PARTLABEL=nixboot-store-a")),
+            .any(|l| l.contains(&format!("is {dev}")) && l.contains(&format!("PARTLABEL={label}"))),
         "{wait:?}{ctx}"
     );
     let verity = step_lines(o, "verity");
@@ -127,7 +131,7 @@ fn assert_verified_boot(d: &Disk, o: &Outcome, report: &BTreeMap<String, String>
             .iter()
             .any(|l| l.contains("/dev/mapper/nixboot-store")
                 && l.contains(&report["root_hash"])
-                && l.contains("verifies /dev/vda2")),
+                && l.contains(&format!("verifies /dev/{dev}"))),
         "{verity:?}{ctx}"
     );
     let mounted = step_lines(o, "mount-store");
@@ -139,14 +143,14 @@ fn assert_verified_boot(d: &Disk, o: &Outcome, report: &BTreeMap<String, String>
     );
 }
 
-#[test]
-fn verified_disk_boots_under_ovmf_with_the_store_on_dm_verity_from_slot_a() {
-    let test = "verified_disk_boots_under_ovmf_with_the_store_on_dm_verity_from_slot_a";
+/// Builds the disk with its image in `slot` and boots it under OVMF.
+fn boot_slot(test: &str, slot: &str) {
     let Some(d) = disk_kit(test, OVMF_CODE, OVMF_VARS) else {
         return;
     };
     let disk = d.kit.path("disk.img");
-    let report = d.build(&disk, &[]);
+    let report = d.build(&disk, &["--slot", slot]);
+    assert_eq!(report["slot"], slot);
     let o = firmware::boot(
         &d.kit,
         &FirmwareBoot::new(Path::new(OVMF_CODE), Path::new(OVMF_VARS), &disk),
@@ -156,6 +160,21 @@ fn verified_disk_boots_under_ovmf_with_the_store_on_dm_verity_from_slot_a() {
         o.kernel_started_at, o.probe_at, o.elapsed
     );
     assert_verified_boot(&d, &o, &report);
+}
+
+#[test]
+fn verified_disk_boots_under_ovmf_with_the_store_on_dm_verity_from_slot_a() {
+    boot_slot(
+        "verified_disk_boots_under_ovmf_with_the_store_on_dm_verity_from_slot_a",
+        "A",
+    );
+}
+
+/// The next generation's disk (`--slot B`: the image in B, the UKI naming B's PARTUUID, A
+/// left empty) boots from B: what an A/B update writes is what the firmware then runs.
+#[test]
+fn the_next_generation_boots_from_slot_b() {
+    boot_slot("the_next_generation_boots_from_slot_b", "B");
 }
 
 #[test]
