@@ -17,7 +17,7 @@
 #   --cmdline TEXT         the kernel command line before the verity parameters [default:
 #                          what `mkinitrd --print-cmdline --closure RESULT` prints]
 #   --stub FILE            systemd-stub [default: mkinitrd's, Debian's systemd-boot-efi path]
-#   --key KEY --cert CERT  sign the UKI with sbsign (both or neither; they must match)
+#   --key KEY --cert CERT  sign the UKI with osslsigncode (both or neither; they must match)
 #   --slot A|B             the slot that gets the image and that the UKI boots [default: A]
 #   --disk-id TEXT         the seed of the disk's and partitions' GUIDs [default: nixboot]
 #   --esp-size MIB         [default: 256]   --slot-size MIB  each store slot [default: the
@@ -32,9 +32,9 @@
 #
 # Same inputs give the same bytes: the GUIDs derive from --disk-id, the verity salt from the
 # image, the FAT is made with --invariant and a volume id from --disk-id, every file mtime is
-# SOURCE_DATE_EPOCH. Except with --key: sbsign puts the signing time in the signature's
-# authenticated attributes, so two signed disks differ in those bytes of the UKI (the
-# unsigned UKI is the same; uki_sha256 is the signed file's hash).
+# SOURCE_DATE_EPOCH, and with --key the signature's signing time too (osslsigncode -time:
+# sbsign takes the clock's, so two disks it signed would differ there; an RSA PKCS#1 v1.5
+# signature over the same bytes is the same).
 #
 # Exit status: 0 on success; 1 when a step fails (one line `make-verified-disk: error: ...`);
 # 2 for usage errors. On failure nothing is written: the disk is built in a temporary file
@@ -91,10 +91,13 @@ if [ -e "$output" ] || [ -L "$output" ]; then
 fi
 mkinitrd=${MKINITRD:-mkinitrd}
 need=("$mkinitrd" sfdisk mkfs.vfat mmd mcopy sha256sum)
-[ -z "$key" ] || need+=(sbsign sbverify openssl)
+[ -z "$key" ] || need+=(osslsigncode sbverify openssl)
 for t in "${need[@]}"; do
-  command -v "$t" >/dev/null || die "$t not found (install: mkinitrd from nixboot, fdisk, dosfstools, mtools, sbsigntool, openssl)"
+  command -v "$t" >/dev/null || die "$t not found (install: mkinitrd from nixboot, fdisk, dosfstools, mtools, osslsigncode, sbsigntool, openssl)"
 done
+if [ -n "$key" ] && ! osslsigncode --help 2>&1 | grep -q -- '-time <unix-time>'; then
+  die "this osslsigncode cannot set the signing time (-time; 2.2 or newer can)"
+fi
 if [ -n "$key" ]; then
   [ -r "$key" ] || die "cannot read key $key"
   [ -r "$cert" ] || die "cannot read certificate $cert"
@@ -156,8 +159,11 @@ fi
 note "mkinitrd ${uargs[*]}"
 "$mkinitrd" "${uargs[@]}" >&2 || die "mkinitrd --uki failed"
 if [ -n "$key" ]; then
-  sbsign --key "$key" --cert "$cert" --output "$work/uki.signed" "$work/uki.efi" >"$work/sbsign.log" 2>&1 \
-    || die "sbsign failed: $(cat "$work/sbsign.log")"
+  # Authenticode as sbsign makes it, with the signing time SOURCE_DATE_EPOCH; sbverify (the
+  # Secure Boot tools' own checker) then checks it against the certificate.
+  osslsigncode sign -key "$key" -certs "$cert" -h sha256 -time "$epoch" \
+    -in "$work/uki.efi" -out "$work/uki.signed" >"$work/sign.log" 2>&1 \
+    || die "osslsigncode failed: $(cat "$work/sign.log")"
   sbverify --cert "$cert" "$work/uki.signed" >/dev/null 2>&1 || die "sbverify does not accept the signed UKI"
   mv "$work/uki.signed" "$work/uki.efi"
 fi

@@ -53,7 +53,7 @@ let
     # Writes the disk with its UKI signed by ${toString signing.keyFile} (read now, not stored).
     set -eu
     [ $# -eq 1 ] || { echo "usage: $0 DISK-IMAGE" >&2; exit 2; }
-    export PATH=${lib.makeBinPath (tools ++ [ pkgs.sbsigntool pkgs.openssl ])}:$PATH
+    export PATH=${lib.makeBinPath (tools ++ [ pkgs.osslsigncode pkgs.sbsigntool pkgs.openssl ])}:$PATH
     exec bash ${script} ${lib.escapeShellArgs args} ${lib.optionalString (signing.keyFile != null)
       (lib.escapeShellArgs [ "--key" signing.keyFile "--cert" signing.certFile ])} --output "$1"
   '';

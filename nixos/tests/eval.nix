@@ -545,8 +545,8 @@ let
             "disk builder: runs make-verified-disk.sh on the toplevel, closure and kernel")
           (check (!hasInfix "db.key" dt && !hasInfix "--key" dt) "disk builder: no key (unsigned in the store)")
           (check (hasInfix "'--key' '/etc/secureboot/db.key' '--cert' '/etc/secureboot/db.crt'" it && hasInfix "make-verified-disk.sh" it
-            && hasInfix "sbsigntool" it)
-            "install command: the same script with --key/--cert read at run time, sbsign on its PATH")
+            && hasInfix "osslsigncode" it && hasInfix "sbsigntool" it)
+            "install command: the same script with --key/--cert read at run time, osslsigncode and sbverify on its PATH")
         ]));
     };
 

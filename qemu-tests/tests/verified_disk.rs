@@ -3,10 +3,11 @@
 //! OVMF boots to the probe's stage 2 with /nix/store on dm-verity from partition A, named in
 //! the UKI's .cmdline by PARTUUID with the root hash the verity step printed; the next
 //! generation's disk (`--slot B`) boots from partition B; the same disk signed with our key
-//! boots under Secure Boot with that key enrolled. Without QEMU: two runs give the same
-//! bytes, slot A holds the image (verity-check), `--slot B` puts it in B under the same
-//! PARTUUIDs, and bad input (a missing closure, a key that is not the certificate's, an ESP
-//! too small, a directory as output) exits 1 with one message and leaves nothing behind.
+//! (the same bytes twice) boots under Secure Boot with that key enrolled. Without QEMU: two
+//! runs give the same bytes, slot A holds the image (verity-check), `--slot B` puts it in B
+//! under the same PARTUUIDs, and bad input (a missing closure, a key that is not the
+//! certificate's, an ESP too small, a directory as output) exits 1 with one message and
+//! leaves nothing behind.
 //!
 //! Guest kernels: 6.1 only (firmware: the verified disk under OVMF and Secure Boot).
 
@@ -183,7 +184,7 @@ fn signed_verified_disk_boots_under_secure_boot_with_our_key_enrolled() {
     let Some(d) = disk_kit(test, OVMF_CODE_SECBOOT, OVMF_VARS_MS) else {
         return;
     };
-    for tool in ["sbsign", "sbverify"] {
+    for tool in ["osslsigncode", "sbverify"] {
         let Some(_) = require_tool(test, tool) else {
             return;
         };
@@ -195,15 +196,23 @@ fn signed_verified_disk_boots_under_secure_boot_with_our_key_enrolled() {
     let (key, cert, vars) =
         firmware::enroll_test_keys(&d.kit, Path::new(OVMF_VARS_MS), &virt_fw_vars);
     let disk = d.kit.path("signed.img");
-    let report = d.build(
-        &disk,
-        &[
-            "--key",
-            key.to_str().unwrap(),
-            "--cert",
-            cert.to_str().unwrap(),
-        ],
+    let signing = [
+        "--key",
+        key.to_str().unwrap(),
+        "--cert",
+        cert.to_str().unwrap(),
+    ];
+    let report = d.build(&disk, &signing);
+    // Signed, the same bytes too: the signing time is SOURCE_DATE_EPOCH, not the clock's
+    // (a second apart at least, so a clock's time would differ).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let again = d.kit.path("signed-again.img");
+    assert_eq!(d.build(&again, &signing), report);
+    assert!(
+        std::fs::read(&disk).unwrap() == std::fs::read(&again).unwrap(),
+        "two signed runs, two disks"
     );
+    std::fs::remove_file(&again).unwrap();
     let o = firmware::boot(
         &d.kit,
         &FirmwareBoot {
