@@ -96,7 +96,7 @@ for t in "${need[@]}"; do
   command -v "$t" >/dev/null || die "$t not found (install: mkinitrd from nixboot, fdisk, dosfstools, mtools, osslsigncode, sbsigntool, openssl)"
 done
 if [ -n "$key" ] && ! osslsigncode --help 2>&1 | grep -q -- '-time <unix-time>'; then
-  die "this osslsigncode cannot set the signing time (-time; 2.2 or newer can)"
+  die "this osslsigncode cannot set the signing time (no -time option): a newer one can"
 fi
 if [ -n "$key" ]; then
   [ -r "$key" ] || die "cannot read key $key"
