@@ -95,8 +95,11 @@ need=("$mkinitrd" sfdisk mkfs.vfat mmd mcopy sha256sum)
 for t in "${need[@]}"; do
   command -v "$t" >/dev/null || die "$t not found (install: mkinitrd from nixboot, fdisk, dosfstools, mtools, osslsigncode, sbsigntool, openssl)"
 done
-if [ -n "$key" ] && ! osslsigncode --help 2>&1 | grep -q -- '-time <unix-time>'; then
-  die "this osslsigncode cannot set the signing time (no -time option): a newer one can"
+if [ -n "$key" ]; then
+  # Read whole, not piped to grep -q: with pipefail, grep quitting early fails the pipe.
+  signer_help=$(osslsigncode --help 2>&1 || true)
+  [[ $signer_help == *'-time <unix-time>'* ]] \
+    || die "this osslsigncode cannot set the signing time (no -time option): a newer one can"
 fi
 if [ -n "$key" ]; then
   [ -r "$key" ] || die "cannot read key $key"
