@@ -100,8 +100,6 @@ if [ -n "$key" ]; then
   signer_help=$(osslsigncode --help 2>&1 || true)
   [[ $signer_help == *'-time <unix-time>'* ]] \
     || die "this osslsigncode cannot set the signing time (no -time option): a newer one can"
-fi
-if [ -n "$key" ]; then
   [ -r "$key" ] || die "cannot read key $key"
   [ -r "$cert" ] || die "cannot read certificate $cert"
   kpub=$(openssl pkey -in "$key" -pubout 2>/dev/null) || die "$key is not a private key openssl reads"
