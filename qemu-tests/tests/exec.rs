@@ -207,6 +207,32 @@ fn the_guest_gets_the_cpus_asked_for() {
     }
 }
 
+/// The kernel's crypto self-tests are skipped by default (`bootspec::BASE_PARAMS`:
+/// `cryptomgr.notests`, a quarter of a second of every boot under TCG), and the user's
+/// `--append cryptomgr.notests=0` brings them back: its word comes last and wins.
+#[test]
+fn crypto_self_tests_are_skipped_unless_asked_for() {
+    let Some(c) = closure("exec_notests") else {
+        return;
+    };
+    let cmd = "cat /sys/module/cryptomgr/parameters/notests";
+    for (args, want) in [
+        (vec![], "Y"),
+        (vec!["--append", "cryptomgr.notests=0"], "N"),
+    ] {
+        let (out, _) = c.exec(cmd, &args);
+        let ctx = format!("{args:?}: {}", c.context(&out));
+        assert_eq!(out.status.code(), Some(0), "{ctx}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want, "{ctx}");
+        let console = c.console();
+        assert_eq!(
+            console.contains("alg: self-tests disabled"),
+            want == "Y",
+            "{ctx}"
+        );
+    }
+}
+
 #[test]
 fn megabytes_arrive_whole() {
     let Some(c) = closure("exec_megabytes") else {

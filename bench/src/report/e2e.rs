@@ -198,7 +198,8 @@ impl Report {
              (a tiny closure: the probe as init, Debian's static busybox as `sw`, served by the \
              init's command runner; its initrd from mkinitrd with virtio_pci, virtiofs and \
              virtio_console) against `vng -r VMLINUZ --exec '{EXEC_CMD}'` (virtme-ng from PyPI; \
-             `--disable-kvm` under TCG; the Rust virtiofsd first in PATH). Until the kernel's \
+             `--disable-kvm` under TCG; the Rust virtiofsd first in PATH; its own kernel command \
+             line: no `cryptomgr.notests`, which nixboot-qemu passes by default). Until the kernel's \
              release arrives on the tool's stdout (a pipe).\n\
              - **A real systemd to multi-user.target.** Debian 12's systemd (debootstrap'd, \
              `NIXBOOT_DEBIAN_ROOT`) with its root shared read-write over virtiofs (tag `store`; \
