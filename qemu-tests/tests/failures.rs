@@ -74,6 +74,33 @@ fn next_init_not_executable_reboots() {
     );
 }
 
+/// A dynamically linked next init whose loader is not in the new root (the host's own
+/// `/bin/true`: its `/lib64/ld-linux-x86-64.so.2` is not in an imageless root): execve
+/// would fail with ENOENT after the initramfs is gone, so check-init reads PT_INTERP (from
+/// the page it already read) and names the loader first.
+#[test]
+fn next_init_without_its_loader() {
+    let Some(kit) = kit("next_init_without_its_loader") else {
+        return;
+    };
+    let probe = kit.probe_store("store");
+    let init = probe.system.join("init");
+    std::fs::remove_file(&init).unwrap();
+    std::fs::copy("/bin/true", &init).unwrap();
+    let loader = "/lib64/ld-linux-x86-64.so.2";
+    let initrd = kit.initrd(None, VIRTIOFS_MODULES);
+    let o = imageless(&kit, &probe, &initrd.bytes, &probe.init, &[]);
+    assert_failed(
+        &o,
+        "check-init",
+        &format!(
+            "next init {} needs the loader {loader}, which is not usable: ENOENT",
+            probe.init
+        ),
+        Action::PowerOff,
+    );
+}
+
 /// A valid ELF header for another machine (aarch64): it passes the init's checks, and
 /// execve refuses it, after the initramfs is gone and the ok line is out.
 fn foreign_elf() -> Vec<u8> {

@@ -1,6 +1,6 @@
 //! check-init: refuse to switch unless the next init can be exec'd in the new root.
 
-use super::resolve::{open_in_root, open_root, Unusable};
+use super::resolve::{open_exec_in_root, open_in_root, open_root, Unusable};
 use crate::failure::Failure;
 use rustix::io::Errno;
 
@@ -13,8 +13,8 @@ pub fn check_init(step: &'static str, new_root: &str, path: &str) -> Result<Vec<
     let check = "is the closure in the store (the store share's directory on the host, the \
                  disk, or the initrd's embedded store)? is init= the closure's init \
                  (result/boot.json has it)?";
-    let header = match open_in_root(&root, path) {
-        Ok(h) => h,
+    let (file, header) = match open_exec_in_root(&root, path) {
+        Ok(opened) => opened,
         Err(Unusable::Sys(Errno::NOSYS)) => {
             notes.push(format!("cannot check {path} (no openat2 on this kernel)"));
             return Ok(notes);
@@ -33,8 +33,13 @@ pub fn check_init(step: &'static str, new_root: &str, path: &str) -> Result<Vec<
     // The kernel runs ELF files and #! scripts; anything else would fail at execve, after
     // the initramfs is gone.
     let interp = if header.starts_with(b"\x7fELF") {
-        // Positioned reads of the file itself: PT_INTERP may lie past `header` (patchelf).
-        match crate::elf::interpreter_in_root(&root, path) {
+        // PT_INTERP may lie past `header` (patchelf): what `header` lacks is read from the
+        // file itself.
+        let elf = crate::elf::Prefixed {
+            head: &header,
+            file: crate::elf::File(&file),
+        };
+        match crate::elf::interpreter_at(&elf) {
             crate::elf::Interp::Path(p) => Some(("loader", p)),
             crate::elf::Interp::None => None,
             crate::elf::Interp::Unknown => {
@@ -51,6 +56,7 @@ pub fn check_init(step: &'static str, new_root: &str, path: &str) -> Result<Vec<
             step,
             format!("next init {path} is neither an ELF executable nor a #! script"),
         )
+        .tried(format!("read the first {} bytes of {path}", header.len()))
         .check(check));
     };
     if let Some((what, interp)) = interp {
@@ -61,6 +67,14 @@ pub fn check_init(step: &'static str, new_root: &str, path: &str) -> Result<Vec<
                     step,
                     format!("next init {path} needs the {what} {interp}, which is not usable: {e}"),
                 )
+                .tried(format!(
+                    "read {path}'s {}, then openat2({new_root}, {interp}, RESOLVE_IN_ROOT)",
+                    if what == "loader" {
+                        "PT_INTERP"
+                    } else {
+                        "#! line"
+                    }
+                ))
                 .check(check))
             }
         }

@@ -39,6 +39,13 @@ pub fn open_root(step: &'static str, new_root: &str) -> Result<OwnedFd, Failure>
 /// correctly), requires an executable regular file, returns its first bytes (enough for an
 /// ELF's program headers and loader path).
 pub fn open_in_root(root: &OwnedFd, path: &str) -> Result<Vec<u8>, Unusable> {
+    open_exec_in_root(root, path).map(|(_, header)| header)
+}
+
+/// [`open_in_root`], keeping the file open for positioned reads (its ELF interpreter):
+/// over virtiofs every open is a round trip per path component, each one a few hundred
+/// microseconds of the boot under TCG.
+pub fn open_exec_in_root(root: &OwnedFd, path: &str) -> Result<(OwnedFd, Vec<u8>), Unusable> {
     let fd = open_file(root, path, OFlags::RDONLY).map_err(Unusable::Sys)?;
     let st = rustix::fs::fstat(&fd).map_err(Unusable::Sys)?;
     if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
@@ -59,7 +66,7 @@ pub fn open_in_root(root: &OwnedFd, path: &str) -> Result<Vec<u8>, Unusable> {
         }
     }
     buf.truncate(got);
-    Ok(buf)
+    Ok((fd, buf))
 }
 
 /// `openat2` with `root` as `/`.
