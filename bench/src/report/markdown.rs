@@ -6,6 +6,13 @@ use crate::peers::{Built, Kind};
 use crate::stats::{summarize, Summary};
 use std::fmt::Write as _;
 
+/// The report's Reproduce commands: the README's setup line, then this tool's build and run.
+const REPRODUCE: &str =
+    "bash .ci/setup >/dev/null && . \"${NIXBOOT_CACHE:-$HOME/.cache/nixboot}/env\"
+cargo build -p nixboot-bench --release
+target/release/nixboot-bench          # --help: runs, initrds, scale, cache, ...
+";
+
 impl Report {
     /// The whole report.
     pub fn markdown(&self) -> String {
@@ -427,9 +434,7 @@ impl Report {
         let mut m = String::new();
         let _ = writeln!(
             m,
-            "## Reproduce\n\n```sh\neval \"$(bash .ci/setup)\"\n\
-             cargo build -p qemu-tests --release --bin nixboot-bench\n\
-             target/release/nixboot-bench          # --help: runs, initrds, scale, cache, ...\n```\n\n\
+            "## Reproduce\n\n```sh\n{REPRODUCE}```\n\n\
              The tool installs dracut and initramfs-tools with apt-get when they are absent (one \
              after the other: they conflict), purges them again afterwards, and keeps their \
              images in `~/.cache/nixboot/bench/images` keyed by package version, kernel version \
@@ -515,6 +520,16 @@ pub(crate) fn ratio(peer: Option<f64>, ours: Option<f64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reproduce_builds_this_crate_after_the_readmes_setup_line() {
+        let lines: Vec<&str> = REPRODUCE.lines().collect();
+        let readme = include_str!("../../../README.md");
+        assert!(readme.lines().any(|l| l == lines[0]), "{}", lines[0]);
+        let build = format!("cargo build -p {} --release", env!("CARGO_PKG_NAME"));
+        assert_eq!(lines[1], build);
+        assert!(lines[2].starts_with(&format!("target/release/{}", env!("CARGO_BIN_NAME"))));
+    }
 
     #[test]
     fn formatting() {
