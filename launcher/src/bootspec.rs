@@ -172,6 +172,24 @@ pub fn modules_share_dir(dir: &Path) -> Result<PathBuf> {
     )))
 }
 
+/// The kernel versions under a shared `lib/modules` directory that have modules but no
+/// `modules.dep`. An unpacked kernel .deb is such a tree (its postinst runs depmod): the
+/// init loads the modules it needs without the index, but in the guest udev cannot load a
+/// driver by alias nor `modprobe` a module by name, so a disk or `loop` goes missing later.
+pub fn unindexed_versions(share_dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(share_dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|v| v.join("kernel").is_dir() && !v.join("modules.dep").is_file())
+        .filter_map(|v| v.file_name()?.to_str().map(str::to_owned))
+        .collect();
+    out.sort();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,5 +305,19 @@ mod tests {
 
         assert!(modules_share_dir(t.path()).is_err());
         assert!(modules_share_dir(&t.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn versions_without_depmod_indexes_are_named() {
+        let t = tempfile::tempdir().unwrap();
+        for v in ["6.1.0-a", "6.12.0-b"] {
+            std::fs::create_dir_all(t.path().join(v).join("kernel")).unwrap();
+        }
+        std::fs::write(t.path().join("6.1.0-a/modules.dep"), "").unwrap();
+        // Not a kernel's directory: no kernel/ inside, so not named.
+        std::fs::create_dir_all(t.path().join("extra")).unwrap();
+        assert_eq!(unindexed_versions(t.path()), vec!["6.12.0-b".to_string()]);
+        std::fs::write(t.path().join("6.12.0-b/modules.dep"), "").unwrap();
+        assert!(unindexed_versions(t.path()).is_empty());
     }
 }

@@ -451,7 +451,16 @@ fn shared_cwd(cli: &Cli) -> anyhow::Result<Option<String>> {
 fn shares(cli: &Cli, cwd: Option<&str>) -> anyhow::Result<Vec<Share>> {
     let mut shares = vec![Share::new("store", &cli.store)?.immutable()];
     if let Some(m) = &cli.modules {
-        shares.push(Share::new("modules", bootspec::modules_share_dir(m)?)?.immutable());
+        let dir = bootspec::modules_share_dir(m)?;
+        for v in bootspec::unindexed_versions(&dir) {
+            eprintln!(
+                "nixboot-qemu: warning: {}/{v} has no modules.dep: the guest's udev and modprobe \
+                 cannot load modules by alias or name; write depmod's indexes first (`depmod -b BASE {v}` \
+                 reads BASE/lib/modules/{v}; nixboot's .ci/index-modules DIR does it for any DIR)",
+                dir.display()
+            );
+        }
+        shares.push(Share::new("modules", dir)?.immutable());
     }
     if let Some(d) = cwd {
         shares.push(Share::new(nixboot_protocol::exec::CWD_TAG, d)?);
