@@ -194,13 +194,20 @@ pub fn cmdline(ctx: &Ctx, kind: Kind) -> String {
 }
 
 /// N rounds; each boots every initrd once, the order rotated by one each round so that no
-/// initrd always runs right after the same other one.
-pub fn run_rounds(ctx: &Ctx, built: &[Built]) -> Result<Vec<BootRecord>> {
+/// initrd always runs right after the same other one. Every round after the first starts by
+/// building ours and the busybox script's images again, to time their builds as the boots
+/// are timed: spread over the run.
+pub fn run_rounds(ctx: &Ctx, built: &mut [Built]) -> Result<Vec<BootRecord>> {
     let boots_dir = ctx.run_dir.join("boots");
     std::fs::create_dir_all(&boots_dir)?;
     let mut records = Vec::new();
     let n = built.len();
     for round in 0..ctx.cli.runs {
+        if round > 0 {
+            for b in built.iter_mut() {
+                crate::peers::build_again(ctx, b)?;
+            }
+        }
         for slot in 0..n {
             let b = &built[(slot + round) % n];
             let r = boot_once(ctx, b, round + 1, slot, &boots_dir)?;

@@ -215,11 +215,11 @@ fn run(cli: &Cli) -> Result<()> {
     let ctx = context(cli)?;
     let host_before = report::HostState::now();
     warn_if_loaded(&host_before);
-    let (built, skipped) = build_all(&ctx, &kinds)?;
+    let (mut built, skipped) = build_all(&ctx, &kinds)?;
     let boots = if cli.no_boots {
         Vec::new()
     } else {
-        boot::run_rounds(&ctx, &built)?
+        boot::run_rounds(&ctx, &mut built)?
     };
     let e2e = if cli.no_e2e {
         e2e::Outcome::default()
@@ -354,8 +354,9 @@ fn warn_if_loaded(host: &report::HostState) {
 /// A peer that could not be built, and why.
 type Skipped = (Kind, String);
 
-/// Builds: ours and the busybox script every run, N times (they take a moment and must
-/// reflect the current code); dracut and initramfs-tools once, or from the cache. Returns
+/// Builds: ours and the busybox script every run (they take a moment and must reflect the
+/// current code; built again at each later round of the boots, `peers::build_again`);
+/// dracut and initramfs-tools once, or from the cache. Returns
 /// them in report order (ours first, then the peers as asked) and the peers that failed.
 fn build_all(ctx: &Ctx, kinds: &[Kind]) -> Result<(Vec<peers::Built>, Vec<Skipped>)> {
     let cli = &ctx.cli;
@@ -363,15 +364,11 @@ fn build_all(ctx: &Ctx, kinds: &[Kind]) -> Result<(Vec<peers::Built>, Vec<Skippe
     let mut skipped = Vec::new();
     let needs_ours = !cli.no_boots || !cli.no_scale || !cli.no_e2e || cli.systemd_scale > 0;
     if needs_ours {
-        built.push(peers::build_repeatedly(cli.runs, || {
-            peers::build_nixboot(ctx)
-        })?);
+        built.push(peers::build_nixboot(ctx)?);
     }
     if !cli.no_boots || !cli.no_e2e {
         if kinds.contains(&Kind::Busybox) && !cli.no_boots {
-            built.push(peers::build_repeatedly(cli.runs, || {
-                peers::build_busybox(ctx)
-            })?);
+            built.push(peers::build_busybox(ctx)?);
         }
         let distro: Vec<Kind> = kinds
             .iter()
