@@ -356,8 +356,8 @@ type Skipped = (Kind, String);
 
 /// Builds: ours and the busybox script every run (they take a moment and must reflect the
 /// current code; built again at each later round of the boots, `peers::build_again`);
-/// dracut and initramfs-tools once, or from the cache. Returns
-/// them in report order (ours first, then the peers as asked) and the peers that failed.
+/// dracut and initramfs-tools once, or from the cache. Returns them in report order (ours
+/// first, then the peers as asked) and the peers that failed.
 fn build_all(ctx: &Ctx, kinds: &[Kind]) -> Result<(Vec<peers::Built>, Vec<Skipped>)> {
     let cli = &ctx.cli;
     let mut built = Vec::new();

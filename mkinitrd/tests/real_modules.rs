@@ -70,7 +70,7 @@ fn imageless_set_from_the_real_kernel() {
     let by_name: BTreeMap<&str, &cpio::Entry> =
         entries.iter().map(|e| (e.name.as_str(), e)).collect();
     let config = InitrdConfig::parse(&by_name["etc/nixboot/initrd.json"].data).unwrap();
-    // Dependencies (from .modinfo, checked with kmod's parser in unit tests) come first.
+    // Dependencies (each module's .modinfo, read with kmod's parser's rules) come first.
     let position: BTreeMap<&str, usize> = config
         .modules
         .iter()

@@ -948,15 +948,18 @@ pub(crate) mod tests {
             "fuse",
             "virtiofs",
         ];
-        let scan_dir = ModulesDir::open(&root).unwrap();
+        let real = ModulesDir::open(&root).unwrap();
         for w in wanted {
-            let rel = &scan_dir.files[w];
+            let rel = &real.files[w];
             let dst = copy.join(rel);
             fs::create_dir_all(dst.parent().unwrap()).unwrap();
             fs::copy(root.join(rel), dst).unwrap();
         }
         fs::copy(root.join("modules.builtin"), copy.join("modules.builtin")).unwrap();
         fs::copy(root.join("modules.order"), copy.join("modules.order")).ok();
+        // The copy before depmod is the .modinfo side: setup indexes the real tree itself
+        // (.ci/index-modules), so opening that would read depmod's answer on both sides.
+        let scanned = ModulesDir::open(&copy).unwrap();
         let status = std::process::Command::new("depmod")
             .arg("-b")
             .arg(tmp.path())
@@ -970,7 +973,7 @@ pub(crate) mod tests {
         let a = from_dep
             .resolve(&req(&["virtio_pci", "fs-virtiofs"]))
             .unwrap();
-        let b = scan_dir.resolve(&req(&["virtio_pci", "virtiofs"])).unwrap();
+        let b = scanned.resolve(&req(&["virtio_pci", "virtiofs"])).unwrap();
         let set = |r: &Resolution| {
             names(r)
                 .into_iter()
